@@ -1,0 +1,2 @@
+//! CLI (helper D).
+pub fn main() -> i32 { 0 }

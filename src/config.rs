@@ -1,0 +1,1 @@
+//! Function settings (helper B).

@@ -1,0 +1,320 @@
+//! The wire protocol: one JSON object per line in each direction on the
+//! supervisor's Unix socket (docs/protocol.md shows every message).
+//!
+//! Request:  `{"id": <any JSON>, "op": "Invoke", "params": {...}}`
+//! Success:  `{"id": <same>, "result": {...}}`
+//! Failure:  `{"id": <same>, "error": {"type": "ResourceNotFoundException", "message": "..."}}`
+//!
+//! Operation names and parameter shapes mirror the AWS Lambda API (PascalCase),
+//! so a client that knows Lambda knows this protocol.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The largest request line the supervisor accepts: a 50 MB zip as base64 plus
+/// framing. Invoke payloads have their own, smaller limit.
+pub const MAX_LINE_BYTES: usize = 72 * 1024 * 1024;
+/// Synchronous invoke request and response payloads: Lambda's own figure, 6,291,556 bytes.
+pub const MAX_SYNC_PAYLOAD_BYTES: usize = 6_291_556;
+
+/// The closed set of error kinds on the wire, named like Lambda's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    ResourceNotFoundException,
+    ResourceConflictException,
+    InvalidParameterValueException,
+    InvalidRequestContentException,
+    RequestTooLargeException,
+    TooManyRequestsException,
+    ServiceException,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ResourceNotFoundException => "ResourceNotFoundException",
+            ErrorKind::ResourceConflictException => "ResourceConflictException",
+            ErrorKind::InvalidParameterValueException => "InvalidParameterValueException",
+            ErrorKind::InvalidRequestContentException => "InvalidRequestContentException",
+            ErrorKind::RequestTooLargeException => "RequestTooLargeException",
+            ErrorKind::TooManyRequestsException => "TooManyRequestsException",
+            ErrorKind::ServiceException => "ServiceException",
+        }
+    }
+}
+
+/// An error as it goes on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct WireError {
+    #[serde(rename = "type")]
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Lambda's reason code for throttles (e.g. ConcurrentInvocationLimitExceeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl WireError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        WireError {
+            kind,
+            message: message.into(),
+            reason: None,
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ResourceNotFoundException, message)
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidParameterValueException, message)
+    }
+    pub fn service(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ServiceException, message)
+    }
+}
+
+/// The envelope of a request line. `params` stays raw until the op is known,
+/// so a large invoke payload is parsed once, into a `RawValue`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLine<'a> {
+    #[serde(default)]
+    pub id: serde_json::Value,
+    pub op: String,
+    #[serde(borrow, default)]
+    pub params: Option<&'a RawValue>,
+}
+
+/// A request the client sends (serialised form of `RequestLine`).
+#[derive(Debug, Serialize)]
+pub struct OutgoingRequest<'a, P: Serialize> {
+    pub id: serde_json::Value,
+    pub op: &'a str,
+    pub params: P,
+}
+
+/// A response line, as a client reads it.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ResponseLine {
+    #[serde(default)]
+    pub id: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+}
+
+/// Operations. Each variant's parameters are the struct of the same name.
+pub mod op {
+    pub const CREATE_FUNCTION: &str = "CreateFunction";
+    pub const UPDATE_FUNCTION_CODE: &str = "UpdateFunctionCode";
+    pub const UPDATE_FUNCTION_CONFIGURATION: &str = "UpdateFunctionConfiguration";
+    pub const GET_FUNCTION: &str = "GetFunction";
+    pub const LIST_FUNCTIONS: &str = "ListFunctions";
+    pub const DELETE_FUNCTION: &str = "DeleteFunction";
+    pub const INVOKE: &str = "Invoke";
+    pub const GET_LOGS: &str = "GetLogs";
+    pub const ALL: &[&str] = &[
+        CREATE_FUNCTION,
+        UPDATE_FUNCTION_CODE,
+        UPDATE_FUNCTION_CONFIGURATION,
+        GET_FUNCTION,
+        LIST_FUNCTIONS,
+        DELETE_FUNCTION,
+        INVOKE,
+        GET_LOGS,
+    ];
+}
+
+/// Where a function's code comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionCode {
+    /// A .zip archive, base64-encoded (as in Lambda's API).
+    #[serde(rename = "ZipFile", default, skip_serializing_if = "Option::is_none")]
+    pub zip_file: Option<String>,
+    /// An absolute path on the supervisor's host: a directory or a .zip file.
+    #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    #[serde(rename = "Variables", default)]
+    pub variables: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EphemeralStorage {
+    #[serde(rename = "Size")]
+    pub size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct CreateFunction {
+    pub function_name: String,
+    pub runtime: String,
+    pub handler: String,
+    pub code: FunctionCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<EphemeralStorage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct UpdateFunctionCode {
+    pub function_name: String,
+    #[serde(flatten)]
+    pub code: FunctionCode,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct UpdateFunctionConfiguration {
+    pub function_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<EphemeralStorage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Parameters of GetFunction and DeleteFunction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct FunctionName {
+    pub function_name: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ListFunctions {}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InvocationType {
+    #[default]
+    RequestResponse,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogType {
+    #[default]
+    None,
+    Tail,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct Invoke {
+    pub function_name: String,
+    #[serde(default)]
+    pub invocation_type: InvocationType,
+    #[serde(default)]
+    pub log_type: LogType,
+    /// Base64 of a JSON object, as in Lambda's X-Amz-Client-Context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_context: Option<String>,
+    /// The event: any JSON value (default `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Box<RawValue>>,
+}
+
+/// The result of a synchronous invoke, shaped like Lambda's Invoke response.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InvokeResult {
+    pub status_code: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_result: Option<String>,
+    pub executed_version: String,
+    pub request_id: String,
+    pub payload: Box<RawValue>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct GetLogs {
+    pub function_name: String,
+    /// Return at most this many of the newest lines (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LogLines {
+    pub lines: Vec<String>,
+}
+
+/// A function as GetFunction / ListFunctions / Create* / Update* return it,
+/// in the shape of Lambda's FunctionConfiguration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct FunctionConfiguration {
+    pub function_name: String,
+    pub function_arn: String,
+    pub runtime: String,
+    pub handler: String,
+    pub memory_size: u32,
+    pub timeout: u32,
+    pub environment: Environment,
+    pub ephemeral_storage: EphemeralStorage,
+    pub description: String,
+    pub code_size: u64,
+    pub code_sha256: String,
+    pub last_modified: String,
+    pub version: String,
+    pub revision_id: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FunctionList {
+    pub functions: Vec<FunctionConfiguration>,
+}
+
+/// Serialise a success line (without the trailing newline).
+pub fn success_line(id: &serde_json::Value, result: &impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Ok<'a, R: Serialize> {
+        id: &'a serde_json::Value,
+        result: &'a R,
+    }
+    serde_json::to_string(&Ok { id, result }).expect("a response always serialises")
+}
+
+/// Serialise an error line (without the trailing newline).
+pub fn error_line(id: &serde_json::Value, error: &WireError) -> String {
+    #[derive(Serialize)]
+    struct Err<'a> {
+        id: &'a serde_json::Value,
+        error: &'a WireError,
+    }
+    serde_json::to_string(&Err { id, error }).expect("an error always serialises")
+}
