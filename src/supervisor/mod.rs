@@ -1,1 +1,36 @@
-//! Supervisor.
+//! The supervisor: `lambdalet serve`. One mio event loop owns the registry,
+//! the zygotes, every environment and every invocation; it never runs user
+//! code (DESIGN.md § Processes).
+
+mod env;
+mod invoke;
+pub mod logs;
+pub mod pidfd;
+mod server;
+pub mod zygote;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Defaults, in one place.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lambdalet";
+pub const DEFAULT_SOCKET: &str = "/run/lambdalet/lambdalet.sock";
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(600);
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+
+/// `lambdalet serve` options.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub cgroup_parent: Option<PathBuf>,
+    pub python: Option<PathBuf>,
+    pub keep_alive: Duration,
+    pub socket_mode: u32,
+    pub socket_group: Option<String>,
+}
+
+/// Run the supervisor until SIGTERM or SIGINT.
+pub fn serve(opts: ServeOptions) -> Result<(), Box<dyn std::error::Error>> {
+    server::Supervisor::new(opts)?.run()
+}

@@ -1,0 +1,32 @@
+# lambdalet: `make run` starts the supervisor and deploys examples/;
+# `make test` runs every test (root tests included: run it as root).
+CARGO ?= cargo
+STATE_DIR ?= $(CURDIR)/.state
+SOCKET ?= $(STATE_DIR)/lambdalet.sock
+BIN := target/release/lambdalet
+
+.PHONY: build run test lint bench clean
+
+build:
+	$(CARGO) build --release
+
+run: build
+	STATE_DIR=$(STATE_DIR) SOCKET=$(SOCKET) BIN=$(BIN) scripts/run.sh
+
+test:
+	$(CARGO) build --all-targets
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench: build
+	$(CARGO) bench --bench coldstart --bench warm
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Start the supervisor with a state dir in the checkout, deploy examples/, and
+# keep the supervisor in the foreground (Ctrl-C stops it). Needs root.
+set -euo pipefail
+: "${STATE_DIR:?}" "${SOCKET:?}" "${BIN:?}"
+if [ "$(id -u)" != 0 ]; then
+  echo "make run: lambdalet creates namespaces and cgroups; run it as root" >&2
+  exit 1
+fi
+mkdir -p "$STATE_DIR"
+"$BIN" serve --state-dir "$STATE_DIR" --socket "$SOCKET" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM EXIT
+for _ in $(seq 1 100); do
+  [ -S "$SOCKET" ] && "$BIN" --socket "$SOCKET" list-functions >/dev/null 2>&1 && break
+  kill -0 $pid 2>/dev/null || { echo "the supervisor did not start" >&2; exit 1; }
+  sleep 0.1
+done
+for dir in examples/*/; do
+  name=$(basename "$dir")
+  if "$BIN" --socket "$SOCKET" get-function "$name" >/dev/null 2>&1; then
+    "$BIN" --socket "$SOCKET" update-function-code "$name" --code "$dir" >/dev/null
+  else
+    "$BIN" --socket "$SOCKET" create-function "$name" --runtime python3 \
+      --handler app.handler --code "$dir" >/dev/null
+  fi
+  echo "deployed $name"
+done
+cat <<TXT
+
+lambdalet is serving on $SOCKET. In another shell:
+
+  $BIN --socket $SOCKET invoke hello --payload '{"name": "you"}'
+  $BIN --socket $SOCKET logs hello
+
+Ctrl-C stops the supervisor.
+TXT
+wait $pid

@@ -1,0 +1,1666 @@
+//! The supervisor's event loop: the client socket, the zygote channel, every
+//! environment's worker socket, log pipe and pidfd, and the timers, all on one
+//! mio poll. Nothing here blocks on a function.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mio::net::{UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
+use serde_json::value::RawValue;
+
+use super::env::{Env, EnvState, NewEnv, WorkerLine, LOG_READ_BUDGET};
+use super::invoke::{self, Invocation, Outcome};
+use super::logs::{LogStore, TailBuffer};
+use super::pidfd::{self, PidFd};
+use super::zygote::{self, Zygote, ZygoteReport, ZygoteState};
+use super::ServeOptions;
+use crate::config::FunctionSpec;
+use crate::protocol::{
+    self, op, ErrorKind, FunctionList, InvokeResult, LogLines, LogType, RequestLine, WireError,
+    MAX_LINE_BYTES, MAX_SYNC_PAYLOAD_BYTES,
+};
+use crate::registry::{Function, Registry};
+use crate::sandbox::cgroup::{CgroupManager, Limits};
+use crate::sandbox::host::{self, HostLayout, HostPython};
+use crate::sandbox::plan::{PlanTemplate, TemplateInputs};
+use crate::sandbox::seccomp;
+
+const LISTENER: Token = Token(0);
+const ZYGOTE: Token = Token(1);
+const ZYGOTE_PID: Token = Token(2);
+const SIGNALS: Token = Token(3);
+const FIRST_DYNAMIC: usize = 16;
+
+/// How long an environment may take from spawn to ready (Lambda's init phase
+/// limit for on-demand environments is 10 s).
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often idle environments and stray children are looked at.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// A client that does not read its responses stops being read from once this
+/// much is waiting for it (backpressure instead of unbounded memory).
+const MAX_CONN_BACKLOG: usize = 16 * 1024 * 1024;
+/// Account-wide concurrency (DESIGN.md § Invocations), i.e. environments.
+const ACCOUNT_CONCURRENCY: usize = 1000;
+/// How long delete and shutdown wait for an environment to be reaped.
+const REAP_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Conn,
+    Worker(u64),
+    Log(u64),
+    Pid(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Housekeeping,
+    /// An invocation's deadline: (environment, invocation timer id).
+    Deadline(u64, u64),
+    InitDeadline(u64),
+}
+
+struct Conn {
+    stream: UnixStream,
+    rbuf: Vec<u8>,
+    wbuf: VecDeque<u8>,
+    /// Bytes of an over-long line being discarded.
+    discarding: bool,
+    closed: bool,
+}
+
+/// The per-function scheduling state: idle environments and waiting invokes.
+#[derive(Default)]
+struct Pool {
+    idle: Vec<u64>,
+    starting: usize,
+    pending: VecDeque<Invocation>,
+    template: Option<(String, PlanTemplate, Box<RawValue>)>,
+}
+
+pub struct Supervisor {
+    opts: ServeOptions,
+    poll: Poll,
+    listener: UnixListener,
+    signals: SignalFd,
+    registry: Registry,
+    cgroups: CgroupManager,
+    python: HostPython,
+    host_layout: HostLayout,
+    host_cpus: u32,
+    cap_last_cap: u32,
+    seccomp_bpf: Vec<u8>,
+    logs: LogStore,
+    runtime_dir: PathBuf,
+    rootfs_dir: PathBuf,
+    zygote: Option<Zygote>,
+    zygote_generation: u64,
+    conns: HashMap<Token, Conn>,
+    owners: HashMap<Token, Owner>,
+    envs: HashMap<u64, Env>,
+    pools: HashMap<String, Pool>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    next_token: usize,
+    next_env: u64,
+    next_timer: u64,
+    /// Environments whose log pipe still has data past the read budget.
+    log_backlog: Vec<u64>,
+    shutting_down: bool,
+}
+
+fn say(msg: std::fmt::Arguments) {
+    eprintln!("lambdalet: {msg}");
+}
+
+macro_rules! info {
+    ($($t:tt)*) => { say(format_args!($($t)*)) };
+}
+
+impl Supervisor {
+    pub fn new(opts: ServeOptions) -> Result<Supervisor, Box<dyn std::error::Error>> {
+        let state_dir = &opts.state_dir;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| format!("cannot create the state dir {}: {e}", state_dir.display()))?;
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))?;
+
+        let python = HostPython::discover(opts.python.as_deref())?;
+        info!(
+            "python {} at {} (prefix {})",
+            python.version,
+            python.executable.display(),
+            python.base_prefix.display()
+        );
+        let proc_self_cgroup = std::fs::read_to_string("/proc/self/cgroup")?;
+        let cgroups = CgroupManager::detect(
+            Path::new("/sys/fs/cgroup"),
+            &proc_self_cgroup,
+            opts.cgroup_parent.as_deref(),
+        )?;
+        cgroups.prepare()?;
+        // Whatever a previous run that was killed left behind goes first.
+        let stale = cgroups.remove_stale()?;
+        if stale > 0 {
+            info!("removed {stale} environment cgroup(s) left by a previous run");
+        }
+        let seccomp_bpf = seccomp::default_filter()?;
+        let registry = Registry::open(state_dir)?;
+        let logs = LogStore::open(&state_dir.join("logs"), super::logs::DEFAULT_MAX_BYTES_PER_FUNCTION)?;
+        let runtime_dir = zygote::install_python_runtime(state_dir)?;
+        // The empty directory every environment mounts its own root tmpfs on,
+        // in its own mount namespace.
+        let rootfs_dir = state_dir.join("rootfs");
+        std::fs::create_dir_all(&rootfs_dir)?;
+
+        pidfd::become_subreaper()?;
+
+        let poll = Poll::new()?;
+        let listener = bind_socket(&opts)?;
+        let mut sigs = SigSet::empty();
+        sigs.add(Signal::SIGTERM);
+        sigs.add(Signal::SIGINT);
+        sigs.thread_block()?;
+        let signals = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+
+        let mut sup = Supervisor {
+            host_layout: HostLayout::discover(Path::new("/"))?,
+            host_cpus: host::host_cpus(),
+            cap_last_cap: host::cap_last_cap(Path::new("/proc"))?,
+            opts,
+            poll,
+            listener,
+            signals,
+            registry,
+            cgroups,
+            python,
+            seccomp_bpf,
+            logs,
+            runtime_dir,
+            rootfs_dir,
+            zygote: None,
+            zygote_generation: 0,
+            conns: HashMap::new(),
+            owners: HashMap::new(),
+            envs: HashMap::new(),
+            pools: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_token: FIRST_DYNAMIC,
+            next_env: 1,
+            next_timer: 1,
+            log_backlog: Vec::new(),
+            shutting_down: false,
+        };
+        sup.poll
+            .registry()
+            .register(&mut sup.listener, LISTENER, Interest::READABLE)?;
+        let sfd = sup.signals.as_raw_fd();
+        sup.poll
+            .registry()
+            .register(&mut SourceFd(&sfd), SIGNALS, Interest::READABLE)?;
+        sup.start_zygote()?;
+        sup.add_timer(HOUSEKEEPING, Timer::Housekeeping);
+        Ok(sup)
+    }
+
+    pub fn run(mut self) -> Result<(), Box<dyn std::error::Error>> {
+        info!(
+            "serving on {} (state {}, {} functions)",
+            self.opts.socket.display(),
+            self.opts.state_dir.display(),
+            self.registry.list().count()
+        );
+        let mut events = Events::with_capacity(1024);
+        while !self.shutting_down {
+            let timeout = if !self.log_backlog.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.timers
+                    .peek()
+                    .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            for event in events.iter() {
+                self.dispatch(event.token(), event.is_readable() || event.is_read_closed(), event.is_writable());
+            }
+            self.drain_log_backlog();
+            self.fire_timers();
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn dispatch(&mut self, token: Token, readable: bool, writable: bool) {
+        match token {
+            LISTENER => self.accept(),
+            ZYGOTE => {
+                if writable {
+                    self.flush_zygote();
+                }
+                if readable {
+                    self.read_zygote();
+                }
+            }
+            ZYGOTE_PID => self.zygote_exited(),
+            SIGNALS => {
+                while let Ok(Some(sig)) = self.signals.read_signal() {
+                    info!("signal {}: shutting down", sig.ssi_signo);
+                    self.shutting_down = true;
+                }
+            }
+            t => match self.owners.get(&t).copied() {
+                Some(Owner::Conn) => {
+                    if readable {
+                        self.read_conn(t);
+                    }
+                    if writable {
+                        self.flush_conn(t);
+                    }
+                }
+                Some(Owner::Worker(env)) => self.worker_readable(env),
+                Some(Owner::Log(env)) => self.log_readable(env),
+                Some(Owner::Pid(env)) => self.env_exited(env),
+                None => {}
+            },
+        }
+    }
+
+    fn token(&mut self, owner: Owner) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        self.owners.insert(t, owner);
+        t
+    }
+
+    fn add_timer(&mut self, after: Duration, timer: Timer) {
+        self.timers.push(Reverse((Instant::now() + after, timer)));
+    }
+
+    // ---- the zygote -------------------------------------------------------
+
+    fn start_zygote(&mut self) -> Result<(), Box<dyn std::error::Error>> {
+        self.zygote_generation += 1;
+        let mut z = Zygote::start(&self.python.executable, &self.runtime_dir, self.zygote_generation)?;
+        let fd = z.channel_fd();
+        self.poll.registry().register(
+            &mut SourceFd(&fd),
+            ZYGOTE,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let pfd = z.pidfd.as_raw_fd();
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&pfd), ZYGOTE_PID, Interest::READABLE)?;
+        // Requests queued for a zygote that died go to this one.
+        if let Some(old) = self.zygote.as_mut() {
+            for (msg, fds) in old.take_queue() {
+                z.spawn(msg, fds)?;
+            }
+        }
+        self.zygote = Some(z);
+        Ok(())
+    }
+
+    fn flush_zygote(&mut self) {
+        if let Some(z) = self.zygote.as_mut() {
+            if let Err(e) = z.flush() {
+                info!("zygote channel: {e}");
+            }
+        }
+    }
+
+    fn read_zygote(&mut self) {
+        loop {
+            let Some(z) = self.zygote.as_mut() else { return };
+            match z.recv() {
+                Ok(Some(ZygoteReport::Hello { pid, preload_ms })) => {
+                    z.state = ZygoteState::Ready;
+                    info!(
+                        "python zygote {pid} ready in {:.1} ms (preload {preload_ms:.1} ms)",
+                        z.started.elapsed().as_secs_f64() * 1000.0
+                    );
+                }
+                Ok(Some(ZygoteReport::Spawned { .. })) => {}
+                Ok(Some(ZygoteReport::SpawnFailed { env_id, error })) => {
+                    info!("zygote could not fork {env_id}: {error}");
+                    // The environment's worker socket closes with the request,
+                    // which ends the environment through the normal path.
+                }
+                Ok(None) => return,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return,
+                Err(e) => {
+                    info!("zygote channel: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn zygote_exited(&mut self) {
+        let Some(z) = self.zygote.as_ref() else { return };
+        let status = match z.pidfd.try_wait() {
+            Ok(Some(s)) => s,
+            _ => return,
+        };
+        let fd = z.channel_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let pfd = z.pidfd.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&pfd));
+        if self.shutting_down {
+            return;
+        }
+        info!(
+            "python zygote {} died ({}); restarting it",
+            z.pidfd.pid(),
+            status.describe()
+        );
+        if let Err(e) = self.start_zygote() {
+            info!("cannot restart the zygote: {e}; retrying in 1 s");
+            self.zygote = None;
+        }
+    }
+
+    // ---- client connections -----------------------------------------------
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let t = self.token(Owner::Conn);
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        self.owners.remove(&t);
+                        continue;
+                    }
+                    self.conns.insert(
+                        t,
+                        Conn {
+                            stream,
+                            rbuf: Vec::new(),
+                            wbuf: VecDeque::new(),
+                            discarding: false,
+                            closed: false,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    info!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_conn(&mut self, t: Token) {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut eof = false;
+        let mut too_long = 0usize;
+        {
+            let Some(c) = self.conns.get_mut(&t) else { return };
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                if c.wbuf.len() > MAX_CONN_BACKLOG {
+                    break;
+                }
+                match c.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        let mut data = &chunk[..n];
+                        while let Some(pos) = data.iter().position(|&b| b == b'\n') {
+                            if c.discarding {
+                                c.discarding = false;
+                                too_long += 1;
+                            } else {
+                                c.rbuf.extend_from_slice(&data[..pos]);
+                                lines.push(std::mem::take(&mut c.rbuf));
+                            }
+                            data = &data[pos + 1..];
+                        }
+                        if !c.discarding {
+                            c.rbuf.extend_from_slice(data);
+                            if c.rbuf.len() > MAX_LINE_BYTES {
+                                c.rbuf = Vec::new();
+                                c.discarding = true;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+        }
+        for _ in 0..too_long {
+            let err = WireError::new(
+                ErrorKind::RequestTooLargeException,
+                format!("the request line is longer than {MAX_LINE_BYTES} bytes"),
+            );
+            self.reply(t, &serde_json::Value::Null, Err(err));
+        }
+        for line in lines {
+            self.handle_line(t, &line);
+        }
+        if eof {
+            if let Some(c) = self.conns.get_mut(&t) {
+                c.closed = true;
+            }
+            self.maybe_close_conn(t);
+        }
+    }
+
+    fn flush_conn(&mut self, t: Token) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        while !c.wbuf.is_empty() {
+            let (a, _) = c.wbuf.as_slices();
+            match c.stream.write(a) {
+                Ok(n) => {
+                    c.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.wbuf.clear();
+                    c.closed = true;
+                    break;
+                }
+            }
+        }
+        let resume = c.wbuf.len() <= MAX_CONN_BACKLOG && !c.closed;
+        self.maybe_close_conn(t);
+        if resume {
+            // Reads may have stopped for backpressure; look again.
+            self.read_conn_if_open(t);
+        }
+    }
+
+    fn read_conn_if_open(&mut self, t: Token) {
+        if self.conns.get(&t).is_some_and(|c| !c.rbuf.is_empty() || c.wbuf.is_empty()) {
+            self.read_conn(t);
+        }
+    }
+
+    fn maybe_close_conn(&mut self, t: Token) {
+        if let Some(c) = self.conns.get(&t) {
+            if c.closed && c.wbuf.is_empty() {
+                let mut c = self.conns.remove(&t).expect("present");
+                let _ = self.poll.registry().deregister(&mut c.stream);
+                self.owners.remove(&t);
+            }
+        }
+    }
+
+    fn reply(&mut self, t: Token, id: &serde_json::Value, result: Result<String, WireError>) {
+        let line = match result {
+            Ok(body) => body,
+            Err(e) => protocol::error_line(id, &e),
+        };
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        if c.closed && c.wbuf.is_empty() {
+            return;
+        }
+        c.wbuf.extend(line.as_bytes());
+        c.wbuf.push_back(b'\n');
+        self.flush_conn(t);
+    }
+
+    fn reply_ok(&mut self, t: Token, id: &serde_json::Value, result: &impl serde::Serialize) {
+        let line = protocol::success_line(id, result);
+        self.reply(t, id, Ok(line));
+    }
+
+    // ---- operations ---------------------------------------------------------
+
+    fn handle_line(&mut self, t: Token, line: &[u8]) {
+        let text = match std::str::from_utf8(line) {
+            Ok(s) => s,
+            Err(e) => {
+                let err = WireError::new(
+                    ErrorKind::InvalidRequestContentException,
+                    format!("the request line is not UTF-8: {e}"),
+                );
+                return self.reply(t, &serde_json::Value::Null, Err(err));
+            }
+        };
+        if text.trim().is_empty() {
+            return;
+        }
+        let req: RequestLine = match serde_json::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                // Try to recover the id so the client can match the error.
+                let id = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .unwrap_or(serde_json::Value::Null);
+                let err = WireError::new(
+                    ErrorKind::InvalidRequestContentException,
+                    format!(
+                        "could not parse the request: {e}; send one JSON object per line: {{\"id\": 1, \"op\": \"Invoke\", \"params\": {{...}}}}"
+                    ),
+                );
+                return self.reply(t, &id, Err(err));
+            }
+        };
+        let id = req.id.clone();
+        let params = req.params.map(|p| p.get()).unwrap_or("{}");
+        let result = match req.op.as_str() {
+            op::INVOKE => return self.op_invoke(t, id, params),
+            op::CREATE_FUNCTION => self.op_create(params),
+            op::UPDATE_FUNCTION_CODE => self.op_update_code(params),
+            op::UPDATE_FUNCTION_CONFIGURATION => self.op_update_config(params),
+            op::GET_FUNCTION => parse::<protocol::FunctionName>(params).and_then(|p| {
+                self.registry
+                    .get(&p.function_name)
+                    .map(|f| ok_json(&f.configuration()))
+                    .ok_or_else(|| not_found(&p.function_name))
+            }),
+            op::LIST_FUNCTIONS => parse::<protocol::ListFunctions>(params).map(|_| {
+                ok_json(&FunctionList {
+                    functions: self.registry.list().map(Function::configuration).collect(),
+                })
+            }),
+            op::DELETE_FUNCTION => self.op_delete(params),
+            op::GET_LOGS => parse::<protocol::GetLogs>(params).and_then(|p| {
+                if self.registry.get(&p.function_name).is_none() {
+                    return Err(not_found(&p.function_name));
+                }
+                let lines = self
+                    .logs
+                    .tail(&p.function_name, p.limit.unwrap_or(1000))
+                    .map_err(|e| WireError::service(format!("cannot read the logs: {e}")))?;
+                Ok(ok_json(&LogLines { lines }))
+            }),
+            other => Err(WireError::new(
+                ErrorKind::InvalidRequestContentException,
+                format!("unknown op {other:?}; the ops are {}", op::ALL.join(", ")),
+            )),
+        };
+        let result = result.map(|raw| {
+            let raw = RawValue::from_string(raw).expect("serialised JSON");
+            protocol::success_line(&id, &raw)
+        });
+        self.reply(t, &id, result);
+    }
+
+    fn op_create(&mut self, params: &str) -> Result<String, WireError> {
+        let req: protocol::CreateFunction = parse(params)?;
+        let f = self.registry.create(&req)?;
+        info!("created function {}", f.spec.name);
+        Ok(ok_json(&f.configuration()))
+    }
+
+    fn op_update_code(&mut self, params: &str) -> Result<String, WireError> {
+        let req: protocol::UpdateFunctionCode = parse(params)?;
+        let f = self.registry.update_code(&req)?;
+        let (name, conf) = (f.spec.name.clone(), f.configuration());
+        self.retire_function_envs(&name);
+        Ok(ok_json(&conf))
+    }
+
+    fn op_update_config(&mut self, params: &str) -> Result<String, WireError> {
+        let req: protocol::UpdateFunctionConfiguration = parse(params)?;
+        let f = self.registry.update_configuration(&req)?;
+        let (name, conf) = (f.spec.name.clone(), f.configuration());
+        self.retire_function_envs(&name);
+        Ok(ok_json(&conf))
+    }
+
+    fn op_delete(&mut self, params: &str) -> Result<String, WireError> {
+        let req: protocol::FunctionName = parse(params)?;
+        let name = req.function_name;
+        let f = self.registry.delete(&name)?;
+        // Every environment of the function ends before we answer, so the
+        // caller sees no process, mount or cgroup of it afterwards.
+        let ids: Vec<u64> = self
+            .envs
+            .values()
+            .filter(|e| e.function == name)
+            .map(|e| e.id)
+            .collect();
+        for id in ids {
+            self.destroy_env(id, EndReason::Deleted);
+        }
+        if let Some(mut pool) = self.pools.remove(&name) {
+            for inv in pool.pending.drain(..) {
+                let err = WireError::not_found(format!(
+                    "Function not found: {} (deleted while the invoke waited)",
+                    f.configuration().function_arn
+                ));
+                self.answer_error(inv, err);
+            }
+        }
+        if let Err(e) = self.registry.prune_code(&name, &BTreeSet::new()) {
+            info!("cannot remove the code of {name}: {e}");
+        }
+        if let Err(e) = self.logs.remove(&name) {
+            info!("cannot remove the logs of {name}: {e}");
+        }
+        info!("deleted function {name}");
+        Ok("{}".to_string())
+    }
+
+    fn op_invoke(&mut self, t: Token, id: serde_json::Value, params: &str) {
+        // The payload limit is checked on the raw bytes before parsing.
+        if params.len() > MAX_SYNC_PAYLOAD_BYTES + 64 * 1024 {
+            let err = WireError::new(
+                ErrorKind::RequestTooLargeException,
+                format!(
+                    "Request must be smaller than {MAX_SYNC_PAYLOAD_BYTES} bytes for the InvokeFunction operation"
+                ),
+            );
+            return self.reply(t, &id, Err(err));
+        }
+        let req: protocol::Invoke = match parse(params) {
+            Ok(r) => r,
+            Err(e) => return self.reply(t, &id, Err(e)),
+        };
+        let payload = req
+            .payload
+            .unwrap_or_else(|| RawValue::from_string("{}".to_string()).expect("valid"));
+        if payload.get().len() > MAX_SYNC_PAYLOAD_BYTES {
+            let err = WireError::new(
+                ErrorKind::RequestTooLargeException,
+                format!(
+                    "Request must be smaller than {MAX_SYNC_PAYLOAD_BYTES} bytes for the InvokeFunction operation (the payload has {} bytes)",
+                    payload.get().len()
+                ),
+            );
+            return self.reply(t, &id, Err(err));
+        }
+        let client_context = match req.client_context.as_deref().map(decode_client_context) {
+            Some(Err(e)) => return self.reply(t, &id, Err(e)),
+            Some(Ok(v)) => Some(v),
+            None => None,
+        };
+        let Some(f) = self.registry.get(&req.function_name) else {
+            return self.reply(t, &id, Err(not_found(&req.function_name)));
+        };
+        let function = f.spec.name.clone();
+        let inv = Invocation {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            reply_to: Some((t, id)),
+            function: function.clone(),
+            payload,
+            log_type: req.log_type,
+            client_context,
+            started: None,
+            tail: None,
+            timer: 0,
+        };
+        self.pools.entry(function.clone()).or_default().pending.push_back(inv);
+        self.schedule(&function);
+    }
+
+    // ---- scheduling ---------------------------------------------------------
+
+    /// Match waiting invokes of `function` with idle environments, and start
+    /// new environments for the ones that remain.
+    fn schedule(&mut self, function: &str) {
+        loop {
+            let Some(pool) = self.pools.get_mut(function) else { return };
+            if pool.pending.is_empty() {
+                return;
+            }
+            let Some(env_id) = pool.idle.pop() else { break };
+            let inv = pool.pending.pop_front().expect("non-empty");
+            self.run_on(env_id, inv);
+        }
+        let (pending, starting) = {
+            let pool = self.pools.get(function).expect("exists");
+            (pool.pending.len(), pool.starting)
+        };
+        for _ in starting..pending {
+            if self.envs.len() >= ACCOUNT_CONCURRENCY {
+                // Past the account's concurrency: throttle the newest waiters
+                // that no starting environment will serve.
+                let pool = self.pools.get_mut(function).expect("exists");
+                if pool.pending.len() > pool.starting {
+                    let inv = pool.pending.pop_back().expect("non-empty");
+                    let mut err = WireError::new(
+                        ErrorKind::TooManyRequestsException,
+                        "Rate Exceeded.".to_string(),
+                    );
+                    err.reason = Some("ConcurrentInvocationLimitExceeded".to_string());
+                    self.answer_error(inv, err);
+                    continue;
+                }
+                return;
+            }
+            if let Err(e) = self.spawn_env(function) {
+                info!("cannot start an environment for {function}: {e}");
+                let pool = self.pools.get_mut(function).expect("exists");
+                if let Some(inv) = pool.pending.pop_front() {
+                    self.answer_error(inv, WireError::service(format!("cannot start an environment: {e}")));
+                }
+            }
+        }
+    }
+
+    fn spawn_env(&mut self, function: &str) -> Result<(), Box<dyn std::error::Error>> {
+        let f = self
+            .registry
+            .get(function)
+            .ok_or_else(|| format!("function {function} vanished"))?;
+        let spec = f.spec.clone();
+        let (revision_id, code_revision) = (f.revision_id.clone(), f.code_revision);
+        let pool = self.pools.entry(function.to_string()).or_default();
+        if pool.template.as_ref().is_none_or(|(rev, _, _)| *rev != revision_id) {
+            let template = PlanTemplate::new(&TemplateInputs {
+                new_root: &self.rootfs_dir,
+                code_dir: &f.code_dir,
+                python: &self.python,
+                uid: f.uid,
+                gid: f.uid,
+                tmp_mb: spec.ephemeral_mb,
+                seccomp_bpf: &self.seccomp_bpf,
+                cap_last_cap: self.cap_last_cap,
+                host: &self.host_layout,
+                host_network: false,
+            })?;
+            let runtime = runtime_section(&spec, &self.python);
+            pool.template = Some((revision_id.clone(), template, runtime));
+        }
+        let id = self.next_env;
+        self.next_env += 1;
+        let env_id = format!("e{id}");
+
+        let limits = Limits::for_function(spec.memory_mb, self.host_cpus);
+        let cgroup = self.cgroups.create(&env_id, &limits)?;
+
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        // The kernel attaches the sender's pid to what PID 1 sends: unix(7).
+        setsockopt(&ours, sockopt::PassCred, &true)?;
+        zygote::set_nonblocking(ours.as_raw_fd())?;
+        let (log_r, log_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // Only our end is non-blocking: the function's stdout stays blocking.
+        zygote::set_nonblocking(log_r.as_raw_fd())?;
+
+        let pool = self.pools.get_mut(function).expect("exists");
+        let (_, template, runtime) = pool.template.as_ref().expect("just set");
+        let plan = template.for_env(&env_id, cgroup.procs_files());
+        let message = spawn_message(&env_id, &plan, runtime)?;
+
+        let zygote = self
+            .zygote
+            .as_mut()
+            .ok_or("the python zygote is not running")?;
+        let generation = zygote.generation;
+        if let Err(e) = zygote.spawn(message, [theirs, log_w]) {
+            let _ = cgroup.remove();
+            return Err(e.into());
+        }
+        pool.starting += 1;
+
+        let worker_token = self.token(Owner::Worker(id));
+        let log_token = self.token(Owner::Log(id));
+        let pid_token = self.token(Owner::Pid(id));
+        let mut env = Env::new(NewEnv {
+            id,
+            env_id,
+            function: function.to_string(),
+            revision_id,
+            code_revision,
+            memory_mb: spec.memory_mb,
+            timeout: Duration::from_secs(u64::from(spec.timeout_s)),
+            worker: ours,
+            worker_token,
+            log: log_r,
+            log_token,
+            pid_token,
+            cgroup,
+            zygote_generation: generation,
+        });
+        self.poll
+            .registry()
+            .register(&mut env.worker, worker_token, Interest::READABLE)?;
+        self.poll
+            .registry()
+            .register(&mut env.log, log_token, Interest::READABLE)?;
+        self.envs.insert(id, env);
+        self.add_timer(INIT_TIMEOUT, Timer::InitDeadline(id));
+        Ok(())
+    }
+
+    /// Send `inv` to the idle environment `env_id`.
+    fn run_on(&mut self, env_id: u64, mut inv: Invocation) {
+        let Some(env) = self.envs.get_mut(&env_id) else {
+            // Vanished between idle and now: put the invoke back.
+            self.requeue(inv);
+            return;
+        };
+        let now = Instant::now();
+        let deadline_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d + env.timeout)
+            .unwrap_or_default()
+            .as_millis();
+        let line = invoke_line(&inv, deadline_ms, &function_arn(&env.function));
+        if let Some(cg) = env.cgroup.as_ref() {
+            // A kernel without a resettable peak reports the environment's.
+            let _ = cg.reset_peak();
+            env.oom_kills_before = cg.oom_kills().unwrap_or(0);
+        }
+        let start = invoke::start_line(&inv.request_id);
+        if inv.log_type == LogType::Tail {
+            let mut tail = TailBuffer::new();
+            tail.push_line(&start);
+            inv.tail = Some(tail);
+        }
+        let _ = self.logs.append(&env.function, &[&start]);
+        inv.started = Some(now);
+        inv.timer = self.next_timer;
+        self.next_timer += 1;
+        let timer = Timer::Deadline(env_id, inv.timer);
+        let timeout = env.timeout;
+        let sent = env.send_line(&line);
+        env.state = EnvState::Busy(Box::new(inv));
+        self.timers.push(Reverse((now + timeout, timer)));
+        if let Err(e) = sent {
+            info!("{}: cannot send the invoke: {e}", env_id_str(&self.envs, env_id));
+            self.env_failed(env_id, None);
+        }
+    }
+
+    fn requeue(&mut self, inv: Invocation) {
+        let function = inv.function.clone();
+        if self.registry.get(&function).is_none() {
+            return self.answer_error(inv, not_found(&function));
+        }
+        self.pools.entry(function.clone()).or_default().pending.push_front(inv);
+        self.schedule(&function);
+    }
+
+    // ---- environment events -------------------------------------------------
+
+    fn worker_readable(&mut self, id: u64) {
+        let mut lines = Vec::new();
+        let Some(env) = self.envs.get_mut(&id) else { return };
+        let read = env.read_worker(&mut lines);
+        let (open, pid) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                info!("{}: {e}", env.env_id);
+                (false, None)
+            }
+        };
+        if let Some(pid) = pid {
+            match PidFd::open(pid) {
+                Ok(pfd) => {
+                    let fd = pfd.as_raw_fd();
+                    let token = env.pid_token;
+                    env.pidfd = Some(pfd);
+                    let _ = self
+                        .poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), token, Interest::READABLE);
+                }
+                Err(e) => info!("{}: pidfd_open({pid}): {e}", env.env_id),
+            }
+        }
+        for line in lines {
+            self.worker_line(id, &line);
+        }
+        if !open {
+            // The runtime closed its channel: it is exiting or dead. Kill it
+            // to be sure, and finish once its PID 1 is reaped.
+            self.env_failed(id, None);
+        }
+    }
+
+    fn worker_line(&mut self, id: u64, line: &[u8]) {
+        let msg: WorkerLine = match serde_json::from_slice(line) {
+            Ok(m) => m,
+            Err(e) => {
+                info!("env {id}: unreadable line from the runtime: {e}");
+                return self.env_failed(id, None);
+            }
+        };
+        let Some(env) = self.envs.get_mut(&id) else { return };
+        match (msg.t, &env.state) {
+            ("ready", EnvState::Starting) => {
+                env.init_duration = Some(env.spawned_at.elapsed());
+                let function = env.function.clone();
+                if let Some(pool) = self.pools.get_mut(&function) {
+                    pool.starting = pool.starting.saturating_sub(1);
+                }
+                self.env_idle(id);
+            }
+            ("init_error", EnvState::Starting) => {
+                env.init_error = msg.error.map(|e| e.get().to_string());
+                // The runtime exits next; the env ends through env_failed.
+            }
+            ("result", EnvState::Busy(_)) | ("error", EnvState::Busy(_)) => {
+                let outcome = if msg.t == "result" {
+                    let payload = msg.payload.map(|p| p.to_owned()).unwrap_or_else(|| {
+                        RawValue::from_string("null".into()).expect("valid")
+                    });
+                    Outcome::Success(payload)
+                } else {
+                    let body = msg
+                        .error
+                        .map(|e| e.to_owned())
+                        .unwrap_or_else(|| invoke::error_body("Runtime.Unknown", "unknown error"));
+                    let error_type = serde_json::from_str::<serde_json::Value>(body.get())
+                        .ok()
+                        .and_then(|v| v.get("errorType").and_then(|t| t.as_str()).map(String::from))
+                        .unwrap_or_else(|| "Unhandled".to_string());
+                    Outcome::FunctionError {
+                        body,
+                        error_type,
+                        status: None,
+                    }
+                };
+                // Everything the function printed is in the pipe before the
+                // response was written (the runtime flushes first).
+                self.pump_log(id, usize::MAX);
+                let env = self.envs.get_mut(&id).expect("present");
+                let EnvState::Busy(inv) =
+                    std::mem::replace(&mut env.state, EnvState::Idle { since: Instant::now() })
+                else {
+                    unreachable!("matched Busy above")
+                };
+                self.finish(id, *inv, outcome);
+                let env = self.envs.get(&id).expect("present");
+                if env.retire {
+                    self.destroy_env(id, EndReason::Retired);
+                } else {
+                    self.env_idle(id);
+                }
+            }
+            (t, state) => {
+                info!(
+                    "{}: unexpected {t:?} from the runtime while {}",
+                    env.env_id,
+                    state.name()
+                );
+                self.env_failed(id, None);
+            }
+        }
+    }
+
+    /// The environment is ready for work: give it the next waiting invoke, or
+    /// park it in the idle list.
+    fn env_idle(&mut self, id: u64) {
+        let Some(env) = self.envs.get_mut(&id) else { return };
+        env.state = EnvState::Idle {
+            since: Instant::now(),
+        };
+        let function = env.function.clone();
+        let current = self
+            .registry
+            .get(&function)
+            .is_some_and(|f| f.revision_id == env.revision_id);
+        if !current {
+            return self.destroy_env(id, EndReason::Retired);
+        }
+        let pool = self.pools.entry(function).or_default();
+        if let Some(inv) = pool.pending.pop_front() {
+            self.run_on(id, inv);
+        } else {
+            pool.idle.push(id);
+        }
+    }
+
+    fn log_readable(&mut self, id: u64) {
+        self.pump_log(id, LOG_READ_BUDGET);
+    }
+
+    /// Move log output of `id` into the store (and the running invoke's tail).
+    fn pump_log(&mut self, id: u64, budget: usize) {
+        let Some(env) = self.envs.get_mut(&id) else { return };
+        let mut lines = Vec::new();
+        let more = env.read_log(budget, &mut lines).unwrap_or(false);
+        if more && !self.log_backlog.contains(&id) {
+            self.log_backlog.push(id);
+        }
+        if lines.is_empty() {
+            return;
+        }
+        if let EnvState::Busy(inv) = &mut env.state {
+            if let Some(tail) = inv.tail.as_mut() {
+                for l in &lines {
+                    tail.push_line(l);
+                }
+            }
+        }
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        if let Err(e) = self.logs.append(&env.function, &refs) {
+            info!("cannot write the logs of {}: {e}", env.function);
+        }
+    }
+
+    fn drain_log_backlog(&mut self) {
+        for id in std::mem::take(&mut self.log_backlog) {
+            self.pump_log(id, LOG_READ_BUDGET);
+        }
+    }
+
+    fn env_exited(&mut self, id: u64) {
+        let status = match self.envs.get(&id).and_then(|e| e.pidfd.as_ref()) {
+            Some(p) => match p.try_wait() {
+                Ok(Some(s)) => Some(s),
+                // Not yet reparented to us, or still running: a later event
+                // or the kill in env_failed settles it.
+                _ => return,
+            },
+            None => None,
+        };
+        self.env_failed(id, status);
+    }
+
+    /// The environment stopped working (exit, crash, bad message, OOM, EOF):
+    /// answer its invoke if it had one, and remove it.
+    fn env_failed(&mut self, id: u64, status: Option<pidfd::ExitStatus>) {
+        let Some(env) = self.envs.get_mut(&id) else { return };
+        // Collect the status if we do not have it yet.
+        let status = status.or_else(|| {
+            env.pidfd
+                .as_ref()
+                .and_then(|p| p.kill_and_reap(REAP_WAIT).ok().flatten())
+        });
+        self.pump_log(id, usize::MAX);
+        let env = self.envs.get_mut(&id).expect("present");
+        let oom = env
+            .cgroup
+            .as_ref()
+            .and_then(|c| c.oom_kills().ok())
+            .is_some_and(|n| n > env.oom_kills_before);
+        match std::mem::replace(&mut env.state, EnvState::Starting) {
+            EnvState::Busy(inv) => {
+                let inv = *inv;
+                let detail = status.map(|s| s.describe()).unwrap_or_else(|| "exited".into());
+                let (error_type, message) = if oom {
+                    (
+                        "Runtime.OutOfMemory",
+                        format!(
+                            "RequestId: {} Error: Runtime exited with error: {detail} (memory limit of {} MB exceeded)",
+                            inv.request_id, env.memory_mb
+                        ),
+                    )
+                } else {
+                    (
+                        "Runtime.ExitError",
+                        format!(
+                            "RequestId: {} Error: Runtime exited with error: {detail}",
+                            inv.request_id
+                        ),
+                    )
+                };
+                let outcome = Outcome::FunctionError {
+                    body: invoke::error_body(error_type, &message),
+                    error_type: error_type.to_string(),
+                    status: Some("error"),
+                };
+                let function = env.function.clone();
+                self.finish(id, inv, outcome);
+                self.destroy_env(id, EndReason::Failed);
+                self.schedule(&function);
+            }
+            EnvState::Starting => {
+                let init_error = env.init_error.take();
+                let function = env.function.clone();
+                let zygote_died = env.zygote_generation != self.zygote_generation;
+                let detail = status.map(|s| s.describe()).unwrap_or_else(|| "exited".into());
+                let elapsed = env.spawned_at.elapsed();
+                self.destroy_env(id, EndReason::Failed);
+                if let Some(pool) = self.pools.get_mut(&function) {
+                    pool.starting = pool.starting.saturating_sub(1);
+                }
+                if zygote_died && init_error.is_none() {
+                    // Lost with its zygote, not the function's fault: retry.
+                    self.schedule(&function);
+                    return;
+                }
+                // Lambda answers the invoke that caused the cold start with
+                // the init error.
+                let Some(inv) = self.pools.get_mut(&function).and_then(|p| p.pending.pop_front())
+                else {
+                    return;
+                };
+                let body = match init_error {
+                    Some(raw) => RawValue::from_string(raw).unwrap_or_else(|_| {
+                        invoke::error_body("Runtime.Unknown", "unreadable init error")
+                    }),
+                    None if oom => invoke::error_body(
+                        "Runtime.OutOfMemory",
+                        &format!("RequestId: {} Error: Runtime exited with error: {detail} during init (memory limit exceeded)", inv.request_id),
+                    ),
+                    None => invoke::error_body(
+                        "Runtime.ExitError",
+                        &format!(
+                            "RequestId: {} Error: Runtime exited with error: {detail} during init after {:.0} ms (see `lambdalet logs {function}`)",
+                            inv.request_id,
+                            elapsed.as_secs_f64() * 1000.0
+                        ),
+                    ),
+                };
+                self.answer_function_error(inv, body);
+                self.schedule(&function);
+            }
+            EnvState::Idle { .. } => {
+                self.destroy_env(id, EndReason::Failed);
+            }
+        }
+    }
+
+    /// Answer an invocation that never ran, with the body of an init failure.
+    fn answer_function_error(&mut self, inv: Invocation, body: Box<RawValue>) {
+        let Some((t, id)) = inv.reply_to else { return };
+        let result = InvokeResult {
+            status_code: 200,
+            function_error: Some("Unhandled".to_string()),
+            log_result: None,
+            executed_version: "$LATEST".to_string(),
+            request_id: inv.request_id,
+            payload: body,
+        };
+        self.reply_ok(t, &id, &result);
+    }
+
+    fn answer_error(&mut self, inv: Invocation, err: WireError) {
+        if let Some((t, id)) = inv.reply_to {
+            self.reply(t, &id, Err(err));
+        }
+    }
+
+    /// Write END and REPORT and answer the caller.
+    fn finish(&mut self, env_id: u64, mut inv: Invocation, outcome: Outcome) {
+        let Some(env) = self.envs.get_mut(&env_id) else { return };
+        let duration = inv.started.map(|s| s.elapsed()).unwrap_or_default();
+        let peak = env.cgroup.as_ref().and_then(|c| c.memory_peak().ok()).unwrap_or(0);
+        let init = env.init_duration.take();
+        let (status, error_type) = match &outcome {
+            Outcome::Success(_) => (None, None),
+            Outcome::FunctionError {
+                status, error_type, ..
+            } => (*status, status.map(|_| error_type.as_str())),
+        };
+        let end = invoke::end_line(&inv.request_id);
+        let report = invoke::report_line(
+            &inv.request_id,
+            duration,
+            env.memory_mb,
+            peak,
+            init,
+            status,
+            error_type,
+        );
+        let _ = self.logs.append(&env.function, &[&end, &report]);
+        let log_result = inv.tail.as_mut().map(|t| {
+            t.push_line(&end);
+            t.push_line(&report);
+            t.base64()
+        });
+        let Some((t, id)) = inv.reply_to.take() else { return };
+        let (payload, function_error) = match outcome {
+            Outcome::Success(p) => (p, None),
+            Outcome::FunctionError { body, .. } => (body, Some("Unhandled".to_string())),
+        };
+        if payload.get().len() > MAX_SYNC_PAYLOAD_BYTES {
+            let body = invoke::error_body(
+                "Function.ResponseSizeTooLarge",
+                &format!(
+                    "Response payload size ({} bytes) exceeded maximum allowed payload size ({MAX_SYNC_PAYLOAD_BYTES} bytes).",
+                    payload.get().len()
+                ),
+            );
+            let result = InvokeResult {
+                status_code: 200,
+                function_error: Some("Unhandled".to_string()),
+                log_result,
+                executed_version: "$LATEST".to_string(),
+                request_id: inv.request_id,
+                payload: body,
+            };
+            return self.reply_ok(t, &id, &result);
+        }
+        let result = InvokeResult {
+            status_code: 200,
+            function_error,
+            log_result,
+            executed_version: "$LATEST".to_string(),
+            request_id: inv.request_id,
+            payload,
+        };
+        self.reply_ok(t, &id, &result);
+    }
+
+    /// End an environment now: kill its PID 1 (which takes every process of
+    /// its PID namespace with it), reap it, remove its cgroup, close its fds.
+    fn destroy_env(&mut self, id: u64, reason: EndReason) {
+        let Some(mut env) = self.envs.remove(&id) else { return };
+        if let Some(p) = env.pidfd.as_ref() {
+            match p.kill_and_reap(REAP_WAIT) {
+                Ok(Some(_)) => {}
+                Ok(None) => info!("{}: PID {} not reaped yet", env.env_id, p.pid()),
+                Err(e) => info!("{}: kill: {e}", env.env_id),
+            }
+            let fd = p.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+        if let Some(cg) = env.cgroup.take() {
+            // Processes of an environment whose PID 1 we never learnt (it died
+            // before its first message) are found through the cgroup.
+            if let Err(e) = cg.kill_all() {
+                info!("{}: cgroup kill: {e}", env.env_id);
+            }
+            if let Err(e) = cg.remove() {
+                info!("{}: cgroup remove: {e}", env.env_id);
+            }
+        }
+        let _ = self.poll.registry().deregister(&mut env.worker);
+        let _ = self.poll.registry().deregister(&mut env.log);
+        self.owners.remove(&env.worker_token);
+        self.owners.remove(&env.log_token);
+        self.owners.remove(&env.pid_token);
+        self.log_backlog.retain(|&e| e != id);
+        if let Some(pool) = self.pools.get_mut(&env.function) {
+            pool.idle.retain(|&e| e != id);
+        }
+        if let EnvState::Busy(inv) = std::mem::replace(&mut env.state, EnvState::Starting) {
+            // Only delete and shutdown end a busy environment here.
+            let err = match reason {
+                EndReason::Deleted => WireError::not_found(format!(
+                    "Function not found: {} (deleted during the invoke)",
+                    function_arn(&env.function)
+                )),
+                _ => WireError::service("the environment ended during the invoke"),
+            };
+            self.answer_error(*inv, err);
+        }
+        // Code revisions no environment uses any more can go.
+        let in_use: BTreeSet<u64> = self
+            .envs
+            .values()
+            .filter(|e| e.function == env.function)
+            .map(|e| e.code_revision)
+            .collect();
+        if self.registry.get(&env.function).is_some() {
+            let _ = self.registry.prune_code(&env.function, &in_use);
+        }
+    }
+
+    /// New code or configuration: idle environments end now, busy ones after
+    /// their invoke.
+    fn retire_function_envs(&mut self, function: &str) {
+        let ids: Vec<u64> = self
+            .envs
+            .values()
+            .filter(|e| e.function == function)
+            .map(|e| e.id)
+            .collect();
+        for id in ids {
+            let env = self.envs.get_mut(&id).expect("present");
+            match env.state {
+                EnvState::Idle { .. } => self.destroy_env(id, EndReason::Retired),
+                _ => env.retire = true,
+            }
+        }
+    }
+
+    // ---- timers ---------------------------------------------------------------
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Housekeeping => {
+                    self.housekeeping();
+                    self.add_timer(HOUSEKEEPING, Timer::Housekeeping);
+                }
+                Timer::Deadline(env_id, timer_id) => self.deadline(env_id, timer_id),
+                Timer::InitDeadline(env_id) => {
+                    if let Some(env) = self.envs.get(&env_id) {
+                        if matches!(env.state, EnvState::Starting) {
+                            info!("{}: init did not finish within {INIT_TIMEOUT:?}", env.env_id);
+                            let env = self.envs.get_mut(&env_id).expect("present");
+                            env.init_error = Some(
+                                invoke::error_body(
+                                    "Sandbox.Timedout",
+                                    &format!(
+                                        "Init phase timed out after {:.2} seconds",
+                                        INIT_TIMEOUT.as_secs_f64()
+                                    ),
+                                )
+                                .get()
+                                .to_string(),
+                            );
+                            self.env_failed(env_id, None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn deadline(&mut self, env_id: u64, timer_id: u64) {
+        let Some(env) = self.envs.get_mut(&env_id) else { return };
+        let EnvState::Busy(inv) = &env.state else { return };
+        if inv.timer != timer_id {
+            return;
+        }
+        // Lambda kills the whole environment on a timeout.
+        self.pump_log(env_id, usize::MAX);
+        let env = self.envs.get_mut(&env_id).expect("present");
+        let EnvState::Busy(inv) = std::mem::replace(&mut env.state, EnvState::Starting) else {
+            unreachable!()
+        };
+        let message = invoke::timeout_message(&inv.request_id, env.timeout);
+        let _ = self.logs.append(&env.function, &[&format!(
+            "{} {} Task timed out after {:.2} seconds",
+            now_rfc3339(),
+            inv.request_id,
+            env.timeout.as_secs_f64()
+        )]);
+        let outcome = Outcome::FunctionError {
+            body: invoke::error_body("Sandbox.Timedout", &message),
+            error_type: "Sandbox.Timedout".to_string(),
+            status: Some("timeout"),
+        };
+        let function = env.function.clone();
+        self.finish(env_id, *inv, outcome);
+        self.destroy_env(env_id, EndReason::Failed);
+        self.schedule(&function);
+    }
+
+    fn housekeeping(&mut self) {
+        let keep_alive = self.opts.keep_alive;
+        let expired: Vec<u64> = self
+            .envs
+            .values()
+            .filter(|e| matches!(e.state, EnvState::Idle { since } if since.elapsed() >= keep_alive))
+            .map(|e| e.id)
+            .collect();
+        for id in expired {
+            self.destroy_env(id, EndReason::Reclaimed);
+        }
+        let tracked: BTreeSet<i32> = self
+            .envs
+            .values()
+            .filter_map(|e| e.pidfd.as_ref().map(PidFd::pid))
+            .chain(self.zygote.as_ref().map(|z| z.pidfd.pid()))
+            .collect();
+        pidfd::reap_untracked(|pid| tracked.contains(&pid));
+        if self.zygote.is_none() {
+            if let Err(e) = self.start_zygote() {
+                info!("cannot start the zygote: {e}");
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<u64> = self.envs.keys().copied().collect();
+        for id in ids {
+            self.destroy_env(id, EndReason::Shutdown);
+        }
+        for (_, pool) in std::mem::take(&mut self.pools) {
+            for inv in pool.pending {
+                if let Some((t, id)) = inv.reply_to {
+                    self.reply(t, &id, Err(WireError::service("the supervisor is shutting down")));
+                }
+            }
+        }
+        if let Some(z) = self.zygote.take() {
+            let _ = z.pidfd.kill_and_reap(REAP_WAIT);
+        }
+        let _ = std::fs::remove_file(&self.opts.socket);
+        info!("stopped");
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum EndReason {
+    Deleted,
+    Retired,
+    Reclaimed,
+    Failed,
+    Shutdown,
+}
+
+fn env_id_str(envs: &HashMap<u64, Env>, id: u64) -> String {
+    envs.get(&id).map(|e| e.env_id.clone()).unwrap_or_default()
+}
+
+fn parse<'a, T: serde::Deserialize<'a>>(params: &'a str) -> Result<T, WireError> {
+    serde_json::from_str(params).map_err(|e| {
+        WireError::new(
+            ErrorKind::InvalidParameterValueException,
+            format!("invalid params: {e}"),
+        )
+    })
+}
+
+fn ok_json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("serialisable")
+}
+
+fn not_found(name: &str) -> WireError {
+    WireError::not_found(format!("Function not found: {}", function_arn(name)))
+}
+
+pub fn function_arn(name: &str) -> String {
+    format!("arn:aws:lambda:us-east-1:000000000000:function:{name}")
+}
+
+fn decode_client_context(b64: &str) -> Result<serde_json::Value, WireError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| WireError::invalid(format!("ClientContext is not valid base64: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| WireError::invalid(format!("ClientContext is not base64 of a JSON object: {e}")))
+}
+
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let ms = now.subsec_millis();
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The invoke line sent to the runtime. The payload is embedded raw.
+fn invoke_line(inv: &Invocation, deadline_ms: u128, arn: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        t: &'static str,
+        request_id: &'a str,
+        deadline_ms: u128,
+        invoked_function_arn: &'a str,
+        client_context: &'a Option<serde_json::Value>,
+        identity: Option<()>,
+        payload: &'a RawValue,
+    }
+    let mut v = serde_json::to_vec(&Line {
+        t: "invoke",
+        request_id: &inv.request_id,
+        deadline_ms,
+        invoked_function_arn: arn,
+        client_context: &inv.client_context,
+        identity: None,
+        payload: &inv.payload,
+    })
+    .expect("serialisable");
+    v.push(b'\n');
+    v
+}
+
+fn spawn_message(
+    env_id: &str,
+    plan: &impl serde::Serialize,
+    runtime: &RawValue,
+) -> Result<Vec<u8>, serde_json::Error> {
+    #[derive(serde::Serialize)]
+    struct Spawn<'a, P: serde::Serialize> {
+        t: &'static str,
+        env_id: &'a str,
+        sandbox: &'a P,
+        runtime: &'a RawValue,
+    }
+    serde_json::to_vec(&Spawn {
+        t: "spawn",
+        env_id,
+        sandbox: plan,
+        runtime,
+    })
+}
+
+/// The runtime section of a spawn request (docs/architecture.md § runtime):
+/// the handler and the environment variables Lambda defines.
+fn runtime_section(spec: &FunctionSpec, python: &HostPython) -> Box<RawValue> {
+    let name = &spec.name;
+    let mut env: std::collections::BTreeMap<String, String> = spec.environment.clone();
+    let log_stream = format!(
+        "{}/[$LATEST]{}",
+        now_rfc3339().get(..10).unwrap_or("").replace('-', "/"),
+        uuid::Uuid::new_v4().simple()
+    );
+    let major_minor: String = python.version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let reserved = [
+        ("AWS_LAMBDA_FUNCTION_NAME", name.clone()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_string()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", log_stream.clone()),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
+        ("AWS_EXECUTION_ENV", format!("AWS_Lambda_python{major_minor}")),
+        ("LAMBDA_TASK_ROOT", "/var/task".to_string()),
+        ("LAMBDA_RUNTIME_DIR", "/var/runtime".to_string()),
+        ("_HANDLER", spec.handler.clone()),
+        ("TZ", ":UTC".to_string()),
+        ("LANG", "en_US.UTF-8".to_string()),
+        (
+            "PATH",
+            "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_string(),
+        ),
+        (
+            "LD_LIBRARY_PATH",
+            "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
+                .to_string(),
+        ),
+        ("PYTHONPATH", "/var/runtime".to_string()),
+        ("HOME", "/tmp".to_string()),
+    ];
+    for (k, v) in reserved {
+        env.insert(k.to_string(), v);
+    }
+    let v = serde_json::json!({
+        "handler": spec.handler,
+        "env": env,
+        "python_prefix_host": python.base_prefix,
+        "python_prefix_sandbox": "/var/lang",
+        "function_name": name,
+        "function_version": "$LATEST",
+        "invoked_function_arn": function_arn(name),
+        "memory_limit_in_mb": spec.memory_mb,
+        "log_group_name": format!("/aws/lambda/{name}"),
+        "log_stream_name": log_stream,
+    });
+    RawValue::from_string(v.to_string()).expect("json! serialises")
+}
+
+fn bind_socket(opts: &ServeOptions) -> Result<UnixListener, Box<dyn std::error::Error>> {
+    let path = &opts.socket;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the socket's directory {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        // A socket nobody answers on is left from a killed run; a live one
+        // means another supervisor owns it.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "another supervisor is listening on {}; stop it or pass --socket",
+                path.display()
+            )
+            .into());
+        }
+        std::fs::remove_file(path)?;
+    }
+    // Bind with a umask that leaves no window where the socket is open to all.
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener =
+        listener.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    if let Some(group) = &opts.socket_group {
+        let g = nix::unistd::Group::from_name(group)?
+            .ok_or_else(|| format!("--socket-group {group}: no such group"))?;
+        nix::unistd::chown(path, None, Some(g.gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.socket_mode))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}
