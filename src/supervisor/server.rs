@@ -263,11 +263,14 @@ impl Supervisor {
             }
             t => match self.owners.get(&t).copied() {
                 Some(Owner::Conn) => {
-                    if readable {
-                        self.read_conn(t);
-                    }
                     if writable {
                         self.flush_conn(t);
+                    }
+                    // Also after a write: reading may have paused for
+                    // backpressure. Requests are only ever read here, at the
+                    // top of the loop, never from inside a reply.
+                    if readable || writable {
+                        self.read_conn(t);
                     }
                 }
                 Some(Owner::Worker(env)) => self.worker_readable(env),
@@ -489,18 +492,7 @@ impl Supervisor {
                 }
             }
         }
-        let resume = c.wbuf.len() <= MAX_CONN_BACKLOG && !c.closed;
         self.maybe_close_conn(t);
-        if resume {
-            // Reads may have stopped for backpressure; look again.
-            self.read_conn_if_open(t);
-        }
-    }
-
-    fn read_conn_if_open(&mut self, t: Token) {
-        if self.conns.get(&t).is_some_and(|c| !c.rbuf.is_empty() || c.wbuf.is_empty()) {
-            self.read_conn(t);
-        }
     }
 
     fn maybe_close_conn(&mut self, t: Token) {
