@@ -1,2 +1,662 @@
-//! CLI (helper D).
-pub fn main() -> i32 { 0 }
+//! The command line. `lambdalet serve` runs the supervisor; every other
+//! subcommand is a client of its socket and mirrors `aws lambda`
+//! (`create-function`, `invoke`, …), printing the answer as pretty JSON.
+//!
+//! Exit status (see [`exit`]):
+//! - 0: success (an invoke whose function raised is a success too, as with
+//!   `aws lambda invoke`: the output says `"FunctionError": "Unhandled"`);
+//! - 1: the request could not be completed: the socket cannot be reached, the
+//!   connection broke, the answer was unreadable, the output file cannot be
+//!   written, or `serve` failed;
+//! - 2: usage: bad arguments, found by clap or by lambdalet before anything was
+//!   sent (an invalid `--payload`, a missing `--code` path);
+//! - 255: the supervisor answered with an error; stderr has
+//!   `<ErrorKind>: <message>`.
+
+mod client;
+mod json;
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use serde_json::value::{to_raw_value, RawValue};
+
+pub use client::Client;
+
+use crate::protocol::{
+    self, op, Environment, EphemeralStorage, FunctionCode, InvokeResult, LogLines, LogType,
+    WireError,
+};
+use crate::supervisor::{
+    self, ServeOptions, DEFAULT_KEEP_ALIVE, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+};
+
+/// The environment variable that names the socket when `--socket` is not given.
+pub const SOCKET_ENV: &str = "LAMBDALET_SOCKET";
+
+/// `--socket-mode`'s default as clap shows it; equal to
+/// [`supervisor::DEFAULT_SOCKET_MODE`] (a unit test checks it).
+const DEFAULT_SOCKET_MODE_OCTAL: &str = "0600";
+
+/// Exit statuses of the `lambdalet` binary.
+pub mod exit {
+    pub const SUCCESS: i32 = 0;
+    /// The request could not be completed (connection, I/O, unreadable answer).
+    pub const FAILURE: i32 = 1;
+    /// Bad arguments (clap uses 2 for its own usage errors too).
+    pub const USAGE: i32 = 2;
+    /// The supervisor answered with an error response.
+    pub const SERVICE_ERROR: i32 = 255;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lambdalet",
+    version,
+    about = "The AWS Lambda execution model on one Linux host",
+    after_help = "Exit status: 0 success, 1 request failed (socket, I/O), 2 usage error, \
+                  255 the supervisor answered with an error."
+)]
+pub struct Cli {
+    /// The supervisor's Unix socket (for `serve`: where to listen) [env:
+    /// LAMBDALET_SOCKET] [default: /run/lambdalet/lambdalet.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// `--socket`, else `$LAMBDALET_SOCKET`, else [`DEFAULT_SOCKET`]. (By hand:
+    /// clap's `env` feature is not enabled in this crate.)
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the supervisor (as root): listen on the socket and run functions.
+    Serve(ServeArgs),
+    /// Deploy a new function.
+    CreateFunction(CreateFunctionArgs),
+    /// Replace a function's code.
+    UpdateFunctionCode(UpdateFunctionCodeArgs),
+    /// Change a function's settings; the options not given stay as they are.
+    UpdateFunctionConfiguration(UpdateFunctionConfigurationArgs),
+    /// Show a function's configuration.
+    GetFunction(FunctionNameArg),
+    /// List every function.
+    ListFunctions,
+    /// Delete a function, its code and its logs.
+    DeleteFunction(FunctionNameArg),
+    /// Invoke a function synchronously and print the response metadata.
+    Invoke(InvokeArgs),
+    /// Print a function's newest log lines.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where functions, their code and their logs are kept.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The cgroup below which environments' cgroups are created (default: the
+    /// supervisor's own cgroup).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_parent: Option<PathBuf>,
+    /// The Python interpreter for the python3 runtime (default: the host's
+    /// python3, resolved once past any shim).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// How long an idle environment is kept warm.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_KEEP_ALIVE.as_secs())]
+    pub keep_alive: u64,
+    /// The socket's permission bits, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = DEFAULT_SOCKET_MODE_OCTAL, value_parser = parse_octal_mode)]
+    pub socket_mode: u32,
+    /// The group that owns the socket (give it mode 0660 to let that group in).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+}
+
+/// Where new code comes from: exactly one of `--code` and `--zip-file`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct CodeSource {
+    /// A directory or a .zip file on this host; the supervisor reads it (sent as
+    /// an absolute path).
+    #[arg(long, value_name = "DIR|ZIP")]
+    pub code: Option<PathBuf>,
+    /// A .zip file sent inline, base64-encoded (a `fileb://` prefix is accepted).
+    #[arg(long, value_name = "FILE")]
+    pub zip_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateFunctionArgs {
+    /// The function's name: letters, digits, '-' and '_', at most 64.
+    pub name: String,
+    /// The runtime: python3, nodejs or provided.
+    #[arg(long)]
+    pub runtime: String,
+    #[command(flatten)]
+    pub code: CodeSource,
+    /// The handler, `module.function`.
+    #[arg(long, value_name = "MODULE.FUNCTION")]
+    pub handler: String,
+    /// Memory in MB, 128–10240 (default 128).
+    #[arg(long, visible_alias = "memory-size", value_name = "MB")]
+    pub memory: Option<u32>,
+    /// Timeout in seconds, 1–900 (default 3).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u32>,
+    /// An environment variable; repeat for more.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+    /// The size of /tmp in MB, 512–10240 (default 512).
+    #[arg(long, value_name = "MB")]
+    pub ephemeral_storage: Option<u32>,
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateFunctionCodeArgs {
+    /// The function's name.
+    pub name: String,
+    #[command(flatten)]
+    pub code: CodeSource,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateFunctionConfigurationArgs {
+    /// The function's name.
+    pub name: String,
+    #[arg(long)]
+    pub runtime: Option<String>,
+    #[arg(long, value_name = "MODULE.FUNCTION")]
+    pub handler: Option<String>,
+    #[arg(long, visible_alias = "memory-size", value_name = "MB")]
+    pub memory: Option<u32>,
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u32>,
+    /// An environment variable; repeat for more. Replaces the whole environment,
+    /// as `aws lambda update-function-configuration --environment` does.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+    /// Remove every environment variable.
+    #[arg(long, conflicts_with = "env")]
+    pub clear_env: bool,
+    #[arg(long, value_name = "MB")]
+    pub ephemeral_storage: Option<u32>,
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FunctionNameArg {
+    /// The function's name.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogTypeArg {
+    #[value(name = "None")]
+    None,
+    #[value(name = "Tail")]
+    Tail,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// The function's name.
+    pub name: String,
+    /// The event: JSON text, `@FILE` to read it from a file, `@-` from stdin
+    /// (default `{}`).
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub payload: Option<String>,
+    /// `Tail` returns the last 4 KB of the invoke's log, base64, as LogResult.
+    #[arg(long, value_enum, ignore_case = true, default_value = "None")]
+    pub log_type: LogTypeArg,
+    /// Base64 of a JSON object, handed to the function as context.client_context.
+    #[arg(long, value_name = "BASE64")]
+    pub client_context: Option<String>,
+    /// Print the decoded log tail on stderr (implies --log-type Tail).
+    #[arg(long)]
+    pub show_log: bool,
+    /// Write the function's response here instead of including it in the output.
+    pub outfile: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The function's name.
+    pub name: String,
+    /// At most this many of the newest lines (the supervisor's default is 1000).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+/// Everything that can go wrong in a CLI run, each with its exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(
+        "cannot connect to the supervisor at {}: {source}. Is `lambdalet serve` running \
+         with that socket (set it with --socket or LAMBDALET_SOCKET), and may this user \
+         open it (it is root-only by default)?",
+        socket.display()
+    )]
+    Connect { socket: PathBuf, source: io::Error },
+    #[error("lost the connection to the supervisor at {}: {source}", socket.display())]
+    Connection { socket: PathBuf, source: io::Error },
+    #[error(
+        "the supervisor at {} closed the connection without answering (did it stop?)",
+        socket.display()
+    )]
+    ClosedEarly { socket: PathBuf },
+    #[error("unexpected answer from the supervisor: {0}")]
+    Protocol(String),
+    #[error("{}", render_wire_error(.0))]
+    Service(WireError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write {}: {source}", path.display())]
+    WriteOutput { path: PathBuf, source: io::Error },
+    #[error("serve: {0}")]
+    Serve(Box<dyn Error>),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Service(_) => exit::SERVICE_ERROR,
+            CliError::Usage(_) => exit::USAGE,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+/// `<ErrorKind>: <message>`, with Lambda's reason code when there is one.
+fn render_wire_error(e: &WireError) -> String {
+    match &e.reason {
+        Some(reason) => format!("{}: {} (Reason: {reason})", e.kind.as_str(), e.message),
+        None => format!("{}: {}", e.kind.as_str(), e.message),
+    }
+}
+
+/// A request to send: an op and its parameters, already serialised.
+#[derive(Debug)]
+pub struct Request {
+    pub op: &'static str,
+    pub params: Box<RawValue>,
+}
+
+impl Request {
+    fn new(op: &'static str, params: &impl Serialize) -> Request {
+        Request {
+            op,
+            params: to_raw_value(params).expect("parameters always serialise"),
+        }
+    }
+}
+
+/// How to show a successful answer.
+#[derive(Debug, PartialEq)]
+enum Output {
+    /// The result, pretty-printed.
+    Json,
+    /// Nothing (delete-function, as with aws).
+    Quiet,
+    /// Invoke metadata; the payload goes to `outfile` when there is one.
+    Invoke {
+        outfile: Option<PathBuf>,
+        show_log: bool,
+    },
+    /// Log lines as text.
+    Lines,
+}
+
+/// What a command line asks for.
+#[derive(Debug)]
+enum Action {
+    Serve(ServeOptions),
+    Call {
+        socket: PathBuf,
+        request: Request,
+        output: Output,
+    },
+}
+
+/// The entry point of the `lambdalet` binary; returns the exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version come here too, with status 0.
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    run(cli, &mut io::stdout().lock(), &mut io::stderr().lock())
+}
+
+/// Run a parsed command line, writing to the given streams.
+pub fn run(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
+    match execute(cli, stdout, stderr) {
+        Ok(()) => exit::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(stderr, "lambdalet: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn execute(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<(), CliError> {
+    match action(cli)? {
+        Action::Serve(options) => supervisor::serve(options).map_err(CliError::Serve),
+        Action::Call {
+            socket,
+            request,
+            output,
+        } => {
+            let mut client = Client::connect(&socket)?;
+            let result = client.call(request.op, &request.params)?;
+            show(&result, &output, stdout, stderr)
+        }
+    }
+}
+
+/// Turn a command line into what it asks for, reading local files (`--payload
+/// @FILE`, `--zip-file`) and checking what can be checked before sending.
+fn action(cli: Cli) -> Result<Action, CliError> {
+    let socket = cli.socket_path();
+    let (request, output) = match cli.command {
+        Command::Serve(args) => return Ok(Action::Serve(serve_options(args, socket))),
+        Command::CreateFunction(args) => {
+            let params = protocol::CreateFunction {
+                function_name: args.name,
+                runtime: args.runtime,
+                handler: args.handler,
+                code: function_code(&args.code)?,
+                memory_size: args.memory,
+                timeout: args.timeout,
+                environment: (!args.env.is_empty()).then(|| environment(args.env)),
+                ephemeral_storage: args.ephemeral_storage.map(|size| EphemeralStorage { size }),
+                description: args.description,
+            };
+            (Request::new(op::CREATE_FUNCTION, &params), Output::Json)
+        }
+        Command::UpdateFunctionCode(args) => {
+            let params = protocol::UpdateFunctionCode {
+                function_name: args.name,
+                code: function_code(&args.code)?,
+            };
+            (
+                Request::new(op::UPDATE_FUNCTION_CODE, &params),
+                Output::Json,
+            )
+        }
+        Command::UpdateFunctionConfiguration(args) => {
+            let environment = if args.clear_env {
+                Some(Environment::default())
+            } else {
+                (!args.env.is_empty()).then(|| environment(args.env))
+            };
+            let params = protocol::UpdateFunctionConfiguration {
+                function_name: args.name,
+                runtime: args.runtime,
+                handler: args.handler,
+                memory_size: args.memory,
+                timeout: args.timeout,
+                environment,
+                ephemeral_storage: args.ephemeral_storage.map(|size| EphemeralStorage { size }),
+                description: args.description,
+            };
+            (
+                Request::new(op::UPDATE_FUNCTION_CONFIGURATION, &params),
+                Output::Json,
+            )
+        }
+        Command::GetFunction(args) => (
+            Request::new(op::GET_FUNCTION, &function_name(args.name)),
+            Output::Json,
+        ),
+        Command::ListFunctions => (
+            Request::new(op::LIST_FUNCTIONS, &protocol::ListFunctions {}),
+            Output::Json,
+        ),
+        Command::DeleteFunction(args) => (
+            Request::new(op::DELETE_FUNCTION, &function_name(args.name)),
+            Output::Quiet,
+        ),
+        Command::Invoke(args) => {
+            let payload = match &args.payload {
+                Some(text) => Some(read_payload(text)?),
+                None => None,
+            };
+            let tail = args.show_log || args.log_type == LogTypeArg::Tail;
+            let params = protocol::Invoke {
+                function_name: args.name,
+                invocation_type: protocol::InvocationType::RequestResponse,
+                log_type: if tail { LogType::Tail } else { LogType::None },
+                client_context: args.client_context,
+                payload,
+            };
+            (
+                Request::new(op::INVOKE, &params),
+                Output::Invoke {
+                    outfile: args.outfile,
+                    show_log: args.show_log,
+                },
+            )
+        }
+        Command::Logs(args) => {
+            let params = protocol::GetLogs {
+                function_name: args.name,
+                limit: args.limit,
+            };
+            (Request::new(op::GET_LOGS, &params), Output::Lines)
+        }
+    };
+    Ok(Action::Call {
+        socket,
+        request,
+        output,
+    })
+}
+
+fn serve_options(args: ServeArgs, socket: PathBuf) -> ServeOptions {
+    ServeOptions {
+        state_dir: args.state_dir,
+        socket,
+        cgroup_parent: args.cgroup_parent,
+        python: args.python,
+        keep_alive: Duration::from_secs(args.keep_alive),
+        socket_mode: args.socket_mode,
+        socket_group: args.socket_group,
+    }
+}
+
+fn function_name(name: String) -> protocol::FunctionName {
+    protocol::FunctionName {
+        function_name: name,
+    }
+}
+
+fn environment(pairs: Vec<(String, String)>) -> Environment {
+    // A repeated key keeps its last value, as a shell assignment would.
+    Environment {
+        variables: pairs.into_iter().collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// `--code` becomes an absolute path (the supervisor resolves nothing relative
+/// to the client's directory); `--zip-file` is read and sent inline.
+fn function_code(source: &CodeSource) -> Result<FunctionCode, CliError> {
+    if let Some(path) = &source.code {
+        let absolute = path.canonicalize().map_err(|e| {
+            CliError::Usage(format!(
+                "--code {}: {e} (give a directory or a .zip file)",
+                path.display()
+            ))
+        })?;
+        let absolute = absolute.into_os_string().into_string().map_err(|p| {
+            CliError::Usage(format!(
+                "--code {}: the path is not valid UTF-8, which the protocol cannot carry",
+                Path::new(&p).display()
+            ))
+        })?;
+        return Ok(FunctionCode {
+            zip_file: None,
+            path: Some(absolute),
+        });
+    }
+    let file = source
+        .zip_file
+        .as_ref()
+        .expect("clap requires --code or --zip-file");
+    let file = match file.to_str().and_then(|s| s.strip_prefix("fileb://")) {
+        Some(rest) => PathBuf::from(rest),
+        None => file.clone(),
+    };
+    let bytes = std::fs::read(&file)
+        .map_err(|e| CliError::Usage(format!("--zip-file {}: {e}", file.display())))?;
+    Ok(FunctionCode {
+        zip_file: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        path: None,
+    })
+}
+
+/// `--payload`: JSON text, `@FILE` or `@-`; must be valid JSON and fit a
+/// synchronous invoke.
+fn read_payload(arg: &str) -> Result<Box<RawValue>, CliError> {
+    let text = match arg.strip_prefix('@') {
+        Some("-") => {
+            let mut text = String::new();
+            io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| CliError::Usage(format!("--payload @-: cannot read stdin: {e}")))?;
+            text
+        }
+        Some(file) => std::fs::read_to_string(file)
+            .map_err(|e| CliError::Usage(format!("--payload @{file}: {e}")))?,
+        None => arg.to_owned(),
+    };
+    let text = text.trim();
+    if text.len() > protocol::MAX_SYNC_PAYLOAD_BYTES {
+        return Err(CliError::Usage(format!(
+            "--payload is {} bytes; a synchronous invoke accepts at most {} \
+             (RequestTooLargeException)",
+            text.len(),
+            protocol::MAX_SYNC_PAYLOAD_BYTES
+        )));
+    }
+    serde_json::from_str::<Box<RawValue>>(text)
+        .map_err(|e| CliError::Usage(format!("--payload is not valid JSON: {e}")))
+}
+
+/// The metadata `invoke` prints, in the order `aws lambda invoke` uses.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InvokeOutput<'a> {
+    status_code: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_result: Option<&'a str>,
+    executed_version: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+}
+
+fn show(
+    result: &RawValue,
+    output: &Output,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<(), CliError> {
+    let stdout_error = |source| CliError::WriteOutput {
+        path: PathBuf::from("stdout"),
+        source,
+    };
+    match output {
+        Output::Quiet => Ok(()),
+        Output::Json => writeln!(stdout, "{}", json::pretty(result.get())).map_err(stdout_error),
+        Output::Lines => {
+            let lines: LogLines = parse_result(result)?;
+            for line in &lines.lines {
+                writeln!(stdout, "{line}").map_err(stdout_error)?;
+            }
+            Ok(())
+        }
+        Output::Invoke { outfile, show_log } => {
+            let result: InvokeResult = parse_result(result)?;
+            if let Some(path) = outfile {
+                std::fs::write(path, result.payload.get()).map_err(|source| {
+                    CliError::WriteOutput {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            }
+            let metadata = InvokeOutput {
+                status_code: result.status_code,
+                function_error: result.function_error.as_deref(),
+                log_result: result.log_result.as_deref(),
+                executed_version: &result.executed_version,
+                request_id: &result.request_id,
+                payload: outfile.is_none().then_some(&*result.payload),
+            };
+            let text = serde_json::to_string(&metadata).expect("metadata always serialises");
+            writeln!(stdout, "{}", json::pretty(&text)).map_err(stdout_error)?;
+            if *show_log {
+                if let Some(log) = &result.log_result {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(log)
+                        .map_err(|e| CliError::Protocol(format!("LogResult is not base64: {e}")))?;
+                    let _ = stderr.write_all(&bytes);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_result<T: serde::de::DeserializeOwned>(result: &RawValue) -> Result<T, CliError> {
+    serde_json::from_str(result.get()).map_err(|e| {
+        CliError::Protocol(format!("the result does not have the expected shape: {e}"))
+    })
+}
+
+/// `--env KEY=VALUE`: split at the first '='.
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some(("", _)) => Err(format!("'{s}': the variable name before '=' is empty")),
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+        None => Err(format!("'{s}': expected KEY=VALUE (there is no '=')")),
+    }
+}
+
+/// `--socket-mode 0660` (octal, an optional `0o` prefix).
+fn parse_octal_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!("'{s}' is not an octal file mode (e.g. 0600, 0660)")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,635 @@
+//! Command line → request line, without a server; and whole runs against a
+//! tiny in-test server that answers canned lines.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use serde_json::{json, Value};
+
+use super::*;
+
+/// Parse a command line (with a socket that nothing listens on).
+fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    let mut full = vec!["lambdalet", "--socket", "/nonexistent/lambdalet.sock"];
+    full.extend_from_slice(args);
+    Cli::try_parse_from(full)
+}
+
+/// The request a command line would send, as `{"op", "params"}`.
+fn request(args: &[&str]) -> Value {
+    match action(parse(args).unwrap()).unwrap() {
+        Action::Call { request, .. } => json!({
+            "op": request.op,
+            "params": serde_json::from_str::<Value>(request.params.get()).unwrap(),
+        }),
+        Action::Serve(_) => panic!("not a client command"),
+    }
+}
+
+fn usage_error(args: &[&str]) -> String {
+    match action(parse(args).unwrap()) {
+        Err(e @ CliError::Usage(_)) => e.to_string(),
+        other => panic!("expected a usage error, got {other:?}"),
+    }
+}
+
+fn clap_error(args: &[&str]) -> String {
+    let err = parse(args).unwrap_err();
+    assert_eq!(err.exit_code(), exit::USAGE);
+    err.to_string()
+}
+
+#[test]
+fn create_function_sends_an_absolute_code_path_and_every_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("code")).unwrap();
+    // A relative path, resolved against the client's directory.
+    let relative = dir.path().join("code/../code");
+    let req = request(&[
+        "create-function",
+        "hello",
+        "--runtime",
+        "python3",
+        "--code",
+        relative.to_str().unwrap(),
+        "--handler",
+        "app.handler",
+        "--memory",
+        "256",
+        "--timeout",
+        "10",
+        "--env",
+        "STAGE=prod",
+        "--env",
+        "URL=https://x/?a=b",
+        "--env",
+        "EMPTY=",
+        "--ephemeral-storage",
+        "1024",
+        "--description",
+        "says hello",
+    ]);
+    let canonical = dir.path().join("code").canonicalize().unwrap();
+    assert_eq!(
+        req,
+        json!({"op": "CreateFunction", "params": {
+            "FunctionName": "hello",
+            "Runtime": "python3",
+            "Handler": "app.handler",
+            "Code": {"Path": canonical.to_str().unwrap()},
+            "MemorySize": 256,
+            "Timeout": 10,
+            "Environment": {"Variables": {"STAGE": "prod", "URL": "https://x/?a=b", "EMPTY": ""}},
+            "EphemeralStorage": {"Size": 1024},
+            "Description": "says hello",
+        }})
+    );
+}
+
+#[test]
+fn create_function_sends_only_what_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().to_str().unwrap();
+    let req = request(&[
+        "create-function",
+        "f",
+        "--runtime",
+        "python3",
+        "--handler",
+        "app.handler",
+        "--code",
+        code,
+        "--memory-size",
+        "512",
+    ]);
+    assert_eq!(
+        req["params"],
+        json!({
+            "FunctionName": "f", "Runtime": "python3", "Handler": "app.handler",
+            "Code": {"Path": dir.path().canonicalize().unwrap().to_str().unwrap()},
+            "MemorySize": 512,
+        })
+    );
+}
+
+#[test]
+fn zip_file_is_sent_inline_as_base64() {
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("f.zip");
+    std::fs::write(&zip, b"PK\x03\x04not really a zip").unwrap();
+    let expected = base64::engine::general_purpose::STANDARD.encode(b"PK\x03\x04not really a zip");
+    let req = request(&[
+        "create-function",
+        "f",
+        "--runtime",
+        "python3",
+        "--handler",
+        "app.handler",
+        "--zip-file",
+        zip.to_str().unwrap(),
+    ]);
+    assert_eq!(req["params"]["Code"], json!({ "ZipFile": expected }));
+    // aws's fileb:// prefix works too.
+    let fileb = format!("fileb://{}", zip.display());
+    let req = request(&["update-function-code", "f", "--zip-file", &fileb]);
+    assert_eq!(
+        req,
+        json!({"op": "UpdateFunctionCode", "params": {"FunctionName": "f", "ZipFile": expected}})
+    );
+}
+
+#[test]
+fn code_source_is_exactly_one_of_code_and_zip_file() {
+    let both = clap_error(&[
+        "update-function-code",
+        "f",
+        "--code",
+        "/",
+        "--zip-file",
+        "/x",
+    ]);
+    assert!(both.contains("cannot be used with"), "{both}");
+    let neither = clap_error(&["update-function-code", "f"]);
+    assert!(neither.contains("--code"), "{neither}");
+    let missing = usage_error(&["update-function-code", "f", "--code", "/nonexistent/code"]);
+    assert!(
+        missing.starts_with("--code /nonexistent/code: No such file or directory"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn env_pairs_split_at_the_first_equals_sign() {
+    assert_eq!(parse_env_pair("A=b=c"), Ok(("A".into(), "b=c".into())));
+    let no_equals = clap_error(&["update-function-configuration", "f", "--env", "NOVALUE"]);
+    assert!(
+        no_equals.contains("expected KEY=VALUE (there is no '=')"),
+        "{no_equals}"
+    );
+    let no_name = clap_error(&["update-function-configuration", "f", "--env", "=v"]);
+    assert!(no_name.contains("name before '=' is empty"), "{no_name}");
+}
+
+#[test]
+fn update_function_configuration_replaces_or_clears_the_environment() {
+    assert_eq!(
+        request(&[
+            "update-function-configuration",
+            "f",
+            "--env",
+            "A=1",
+            "--env",
+            "A=2"
+        ]),
+        json!({"op": "UpdateFunctionConfiguration", "params": {
+            "FunctionName": "f", "Environment": {"Variables": {"A": "2"}}
+        }})
+    );
+    assert_eq!(
+        request(&["update-function-configuration", "f", "--clear-env"])["params"],
+        json!({"FunctionName": "f", "Environment": {"Variables": {}}})
+    );
+    assert_eq!(
+        request(&["update-function-configuration", "f"])["params"],
+        json!({"FunctionName": "f"})
+    );
+    assert_eq!(
+        request(&[
+            "update-function-configuration",
+            "f",
+            "--runtime",
+            "python3",
+            "--handler",
+            "m.h",
+            "--memory",
+            "1769",
+            "--timeout",
+            "900",
+            "--ephemeral-storage",
+            "10240",
+            "--description",
+            "",
+        ])["params"],
+        json!({"FunctionName": "f", "Runtime": "python3", "Handler": "m.h", "MemorySize": 1769,
+               "Timeout": 900, "EphemeralStorage": {"Size": 10240}, "Description": ""})
+    );
+    let both = clap_error(&[
+        "update-function-configuration",
+        "f",
+        "--env",
+        "A=1",
+        "--clear-env",
+    ]);
+    assert!(both.contains("cannot be used with"), "{both}");
+}
+
+#[test]
+fn name_only_commands() {
+    assert_eq!(
+        request(&["get-function", "f"]),
+        json!({"op": "GetFunction", "params": {"FunctionName": "f"}})
+    );
+    assert_eq!(
+        request(&["delete-function", "f"]),
+        json!({"op": "DeleteFunction", "params": {"FunctionName": "f"}})
+    );
+    assert_eq!(
+        request(&["list-functions"]),
+        json!({"op": "ListFunctions", "params": {}})
+    );
+    assert_eq!(
+        request(&["logs", "f", "--limit", "20"]),
+        json!({"op": "GetLogs", "params": {"FunctionName": "f", "Limit": 20}})
+    );
+    assert_eq!(
+        request(&["logs", "f"]),
+        json!({"op": "GetLogs", "params": {"FunctionName": "f"}})
+    );
+}
+
+#[test]
+fn invoke_validates_the_payload_and_sets_the_log_type() {
+    assert_eq!(
+        request(&["invoke", "f"]),
+        json!({"op": "Invoke", "params": {
+            "FunctionName": "f", "InvocationType": "RequestResponse", "LogType": "None"
+        }})
+    );
+    assert_eq!(
+        request(&[
+            "invoke",
+            "f",
+            "--payload",
+            " {\"n\": 1.50, \"s\": \"é\"} ",
+            "--log-type",
+            "tail",
+            "--client-context",
+            "eyJjdXN0b20iOnt9fQ==",
+        ])["params"],
+        json!({"FunctionName": "f", "InvocationType": "RequestResponse", "LogType": "Tail",
+               "ClientContext": "eyJjdXN0b20iOnt9fQ==", "Payload": {"n": 1.50, "s": "é"}})
+    );
+    // The payload goes out as written (no float respelling, key order kept).
+    let Action::Call { request: req, .. } =
+        action(parse(&["invoke", "f", "--payload", "{\"b\":1.50,\"a\":[]}"]).unwrap()).unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        req.params
+            .get()
+            .ends_with(r#""Payload":{"b":1.50,"a":[]}}"#),
+        "{}",
+        req.params
+    );
+
+    assert_eq!(
+        request(&["invoke", "f", "--show-log"])["params"]["LogType"],
+        "Tail"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("event.json");
+    std::fs::write(&file, "[1, 2, 3]\n").unwrap();
+    let at_file = format!("@{}", file.display());
+    assert_eq!(
+        request(&["invoke", "f", "--payload", &at_file])["params"]["Payload"],
+        json!([1, 2, 3])
+    );
+
+    let invalid = usage_error(&["invoke", "f", "--payload", "{not json"]);
+    assert!(
+        invalid.starts_with("--payload is not valid JSON: "),
+        "{invalid}"
+    );
+    let missing = usage_error(&["invoke", "f", "--payload", "@/nonexistent/event.json"]);
+    assert!(
+        missing.starts_with("--payload @/nonexistent/event.json: "),
+        "{missing}"
+    );
+    let big = format!("\"{}\"", "x".repeat(protocol::MAX_SYNC_PAYLOAD_BYTES));
+    let too_large = usage_error(&["invoke", "f", "--payload", &big]);
+    assert!(
+        too_large.contains("RequestTooLargeException"),
+        "{too_large}"
+    );
+
+    let bad_log_type = clap_error(&["invoke", "f", "--log-type", "Full"]);
+    assert!(
+        bad_log_type.contains("possible values: None, Tail"),
+        "{bad_log_type}"
+    );
+}
+
+#[test]
+fn serve_options_defaults_and_overrides() {
+    let Action::Serve(opts) = action(parse(&["serve"]).unwrap()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(opts.state_dir, Path::new(DEFAULT_STATE_DIR));
+    assert_eq!(opts.socket, Path::new("/nonexistent/lambdalet.sock"));
+    assert_eq!(opts.keep_alive, DEFAULT_KEEP_ALIVE);
+    assert_eq!(opts.socket_mode, supervisor::DEFAULT_SOCKET_MODE);
+    assert_eq!(
+        (opts.cgroup_parent, opts.python, opts.socket_group),
+        (None, None, None)
+    );
+
+    let cli = Cli::try_parse_from([
+        "lambdalet",
+        "serve",
+        "--state-dir",
+        "/srv/l",
+        "--socket",
+        "/run/l.sock",
+        "--cgroup-parent",
+        "/sys/fs/cgroup/lambdalet",
+        "--python",
+        "/usr/bin/python3.11",
+        "--keep-alive",
+        "30",
+        "--socket-mode",
+        "0660",
+        "--socket-group",
+        "lambda",
+    ])
+    .unwrap();
+    let Action::Serve(opts) = action(cli).unwrap() else {
+        panic!()
+    };
+    assert_eq!(opts.state_dir, Path::new("/srv/l"));
+    assert_eq!(opts.socket, Path::new("/run/l.sock"));
+    assert_eq!(
+        opts.cgroup_parent.as_deref(),
+        Some(Path::new("/sys/fs/cgroup/lambdalet"))
+    );
+    assert_eq!(
+        opts.python.as_deref(),
+        Some(Path::new("/usr/bin/python3.11"))
+    );
+    assert_eq!(opts.keep_alive, Duration::from_secs(30));
+    assert_eq!(opts.socket_mode, 0o660);
+    assert_eq!(opts.socket_group.as_deref(), Some("lambda"));
+
+    assert_eq!(parse_octal_mode("0o640"), Ok(0o640));
+    let bad = clap_error(&["serve", "--socket-mode", "0999"]);
+    assert!(bad.contains("not an octal file mode"), "{bad}");
+}
+
+#[test]
+fn socket_comes_from_the_flag_then_the_environment_then_the_default() {
+    // --socket is global: it may follow the subcommand too.
+    let cli = Cli::try_parse_from(["lambdalet", "logs", "f", "--socket", "/tmp/x.sock"]).unwrap();
+    assert_eq!(cli.socket_path(), Path::new("/tmp/x.sock"));
+    // Only when LAMBDALET_SOCKET is not set in the test's environment.
+    if std::env::var_os("LAMBDALET_SOCKET").is_none() {
+        let cli = Cli::try_parse_from(["lambdalet", "list-functions"]).unwrap();
+        assert_eq!(cli.socket_path(), Path::new(DEFAULT_SOCKET));
+    }
+}
+
+/// How the test server answers one request line ("" sends nothing).
+type Answer = Box<dyn FnOnce(&Value) -> String + Send>;
+
+/// A server that accepts one connection and answers each request line with
+/// what `answer` makes of it; returns the request lines it read.
+fn server(answers: Vec<Answer>) -> (tempfile::TempDir, PathBuf, JoinHandle<Vec<String>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut seen = Vec::new();
+        for answer in answers {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            let request: Value = serde_json::from_str(&line).unwrap();
+            let reply = answer(&request);
+            seen.push(line);
+            if !reply.is_empty() {
+                writer.write_all(reply.as_bytes()).unwrap();
+                writer.write_all(b"\n").unwrap();
+            }
+        }
+        seen
+    });
+    (dir, socket, handle)
+}
+
+fn answer(f: impl FnOnce(&Value) -> String + Send + 'static) -> Vec<Answer> {
+    vec![Box::new(f)]
+}
+
+fn run_against(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["lambdalet", "--socket", socket.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let cli = Cli::try_parse_from(full).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run(cli, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+const CONFIGURATION: &str = r#"{"FunctionName":"hello","FunctionArn":"arn:aws:lambda:us-east-1:000000000000:function:hello","Runtime":"python3","Handler":"app.handler","MemorySize":128,"Timeout":3,"Environment":{"Variables":{}},"EphemeralStorage":{"Size":512},"Description":"","CodeSize":312,"CodeSha256":"n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=","LastModified":"2026-11-27T10:15:30.000+0000","Version":"$LATEST","RevisionId":"5f0e7c4e-5d1a-4b7c-9a52-1c1b1e0f3a11","State":"Active"}"#;
+
+#[test]
+fn success_prints_the_result_as_pretty_json_in_wire_order() {
+    let (_dir, socket, server) = server(answer(|req| {
+        assert_eq!(req["op"], "GetFunction");
+        assert!(req["id"].is_u64());
+        format!(r#"{{"id":{},"result":{CONFIGURATION}}}"#, req["id"])
+    }));
+    let (code, out, err) = run_against(&socket, &["get-function", "hello"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert!(
+        out.starts_with("{\n  \"FunctionName\": \"hello\",\n  \"FunctionArn\""),
+        "{out}"
+    );
+    let printed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        printed,
+        serde_json::from_str::<Value>(CONFIGURATION).unwrap()
+    );
+    let lines = server.join().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&lines[0]).unwrap(),
+        json!({"id": 1, "op": "GetFunction", "params": {"FunctionName": "hello"}})
+    );
+}
+
+#[test]
+fn error_response_goes_to_stderr_with_status_255() {
+    let (_dir, socket, server) = server(answer(|req| {
+        format!(
+            r#"{{"id":{},"error":{{"type":"ResourceNotFoundException","message":"Function not found: hello. Create it with CreateFunction first."}}}}"#,
+            req["id"]
+        )
+    }));
+    let (code, out, err) = run_against(&socket, &["delete-function", "hello"]);
+    assert_eq!(code, 255);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "lambdalet: ResourceNotFoundException: Function not found: hello. Create it with \
+         CreateFunction first.\n"
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn throttle_reason_is_shown() {
+    let (_dir, socket, _server) = server(answer(|req| {
+        format!(
+            r#"{{"id":{},"error":{{"type":"TooManyRequestsException","message":"Rate Exceeded.","reason":"ReservedFunctionConcurrentInvocationLimitExceeded"}}}}"#,
+            req["id"]
+        )
+    }));
+    let (code, _, err) = run_against(&socket, &["invoke", "f"]);
+    assert_eq!(code, 255);
+    assert_eq!(
+        err,
+        "lambdalet: TooManyRequestsException: Rate Exceeded. \
+         (Reason: ReservedFunctionConcurrentInvocationLimitExceeded)\n"
+    );
+}
+
+#[test]
+fn an_error_for_an_unreadable_line_has_a_null_id_and_is_still_reported() {
+    let (_dir, socket, _server) = server(answer(|_| {
+        r#"{"id":null,"error":{"type":"InvalidRequestContentException","message":"the request line is not JSON"}}"#.to_owned()
+    }));
+    let (code, _, err) = run_against(&socket, &["list-functions"]);
+    assert_eq!(code, 255);
+    assert!(
+        err.starts_with("lambdalet: InvalidRequestContentException: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_response_for_another_id_is_a_protocol_error() {
+    let (_dir, socket, _server) = server(answer(|_| r#"{"id":999,"result":{}}"#.to_owned()));
+    let (code, _, err) = run_against(&socket, &["list-functions"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the response has id 999 but the request had id 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_closed_connection_and_a_missing_socket_say_what_to_check() {
+    let (_dir, socket, _server) = server(answer(|_| String::new()));
+    let (code, _, err) = run_against(&socket, &["list-functions"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("closed the connection without answering"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nobody.sock");
+    let (code, out, err) = run_against(&missing, &["list-functions"]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.starts_with(&format!(
+            "lambdalet: cannot connect to the supervisor at {}: ",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("Is `lambdalet serve` running"), "{err}");
+}
+
+#[test]
+fn invoke_prints_metadata_with_the_payload_or_writes_it_to_outfile() {
+    let log =
+        "START RequestId: 0a1b Version: $LATEST\nhello from the handler\nEND RequestId: 0a1b\n";
+    let log_b64 = base64::engine::general_purpose::STANDARD.encode(log);
+    let result = format!(
+        r#"{{"StatusCode":200,"FunctionError":"Unhandled","LogResult":"{log_b64}","ExecutedVersion":"$LATEST","RequestId":"0a1b","Payload":{{"errorMessage":"boom","errorType":"ValueError","requestId":"0a1b","stackTrace":[]}}}}"#
+    );
+    let reply = result.clone();
+    let (_dir, socket, _server) = server(answer(move |req| {
+        assert_eq!(req["params"]["LogType"], "Tail");
+        format!(r#"{{"id":{},"result":{reply}}}"#, req["id"])
+    }));
+    let (code, out, err) = run_against(&socket, &["invoke", "f", "--show-log"]);
+    // A function error is a successful invoke, as with aws.
+    assert_eq!(code, 0);
+    assert_eq!(err, log);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        serde_json::from_str::<Value>(&result).unwrap()
+    );
+    assert!(
+        out.starts_with("{\n  \"StatusCode\": 200,\n  \"FunctionError\""),
+        "{out}"
+    );
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let outfile = out_dir.path().join("response.json");
+    let reply = result.clone();
+    let (_dir, socket, _server) = server(answer(move |req| {
+        format!(r#"{{"id":{},"result":{reply}}}"#, req["id"])
+    }));
+    let (code, out, err) = run_against(&socket, &["invoke", "f", outfile.to_str().unwrap()]);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let metadata: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(metadata.get("Payload"), None);
+    assert_eq!(metadata["RequestId"], "0a1b");
+    assert_eq!(
+        std::fs::read_to_string(&outfile).unwrap(),
+        r#"{"errorMessage":"boom","errorType":"ValueError","requestId":"0a1b","stackTrace":[]}"#
+    );
+}
+
+#[test]
+fn logs_prints_lines_and_delete_prints_nothing() {
+    let (_dir, socket, _server) = server(answer(|req| {
+        format!(
+            r#"{{"id":{},"result":{{"Lines":["START RequestId: 1 Version: $LATEST","hi","END RequestId: 1"]}}}}"#,
+            req["id"]
+        )
+    }));
+    let (code, out, _) = run_against(&socket, &["logs", "f"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "START RequestId: 1 Version: $LATEST\nhi\nEND RequestId: 1\n"
+    );
+
+    let (_dir, socket, _server) = server(answer(|req| {
+        format!(r#"{{"id":{},"result":{{}}}}"#, req["id"])
+    }));
+    let (code, out, err) = run_against(&socket, &["delete-function", "f"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+}
+
+#[test]
+fn one_client_pipes_several_calls_with_fresh_ids() {
+    let echo = |req: &Value| format!(r#"{{"id":{},"result":{{"Functions":[]}}}}"#, req["id"]);
+    let (_dir, socket, server) = server(vec![Box::new(echo), Box::new(echo)]);
+    let mut client = Client::connect(&socket).unwrap();
+    let params = to_raw_value(&protocol::ListFunctions {}).unwrap();
+    for _ in 0..2 {
+        let result = client.call(op::LIST_FUNCTIONS, &params).unwrap();
+        assert_eq!(result.get(), r#"{"Functions":[]}"#);
+    }
+    let ids: Vec<Value> = server
+        .join()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(1), json!(2)]);
+}
