@@ -1,1 +1,686 @@
-//! Registry (helper B).
+//! The registry: functions and their code, persisted in the state dir.
+//!
+//! Layout under `<state_dir>/functions/<name>/`:
+//!
+//! * `function.json`: the function's record ([`Record`]), written atomically
+//!   (temp file, fsync, rename, fsync of the directory). Mode 0600: the
+//!   environment variables in it may be secrets.
+//! * `code/<revision>/`: one directory per code revision (1, 2, …), installed by
+//!   [`package::install`] and bind-mounted read-only at /var/task. A new
+//!   revision leaves the old one in place, since running environments may still
+//!   have it mounted; [`Registry::prune_code`] removes what nothing uses.
+//! * `deleted.json`: after DeleteFunction, `function.json` renamed. It keeps the
+//!   deleted function's uid reserved while its code directories remain (its
+//!   environments may still be running under that uid), and is removed with
+//!   the last of them. Creating a function of the same name again takes the
+//!   uid back and continues the revision numbers.
+//!
+//! The registry is a plain data structure: the supervisor owns it, calls it
+//! from its event loop and decides when code is no longer in use.
+
+pub mod package;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::ops::RangeInclusive;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, ConfigError, FunctionSpec};
+use crate::protocol::{
+    CreateFunction, EphemeralStorage, ErrorKind, FunctionCode, FunctionConfiguration,
+    UpdateFunctionCode, UpdateFunctionConfiguration, WireError,
+};
+use package::{Limits, PackageError, Source};
+
+/// Uids (and gids: gid = uid) handed to functions, one per function. Above the
+/// range distributions give to login users (1000–9999 by default in
+/// login.defs) and below 60000, where nobody-like and system ranges start.
+pub const UID_RANGE: RangeInclusive<u32> = 11000..=59999;
+
+const FUNCTIONS_DIR: &str = "functions";
+const RECORD_FILE: &str = "function.json";
+const TOMBSTONE_FILE: &str = "deleted.json";
+const CODE_DIR: &str = "code";
+/// Prefix of function.json's temp file while it is written.
+const RECORD_TEMP_PREFIX: &str = ".function.json.";
+/// The version of the record format; a record of another version is refused
+/// rather than guessed at.
+const RECORD_FORMAT: u32 = 1;
+const STATE_DIR_MODE: u32 = 0o755;
+const RECORD_MODE: u32 = 0o600;
+
+/// A deployed function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    pub spec: FunctionSpec,
+    /// The revision of the code in `code_dir`; bumped by UpdateFunctionCode only.
+    pub code_revision: u64,
+    /// Absolute path of the installed code (`…/code/<code_revision>`).
+    pub code_dir: PathBuf,
+    /// The uid the function's code runs as; its gid is the same number.
+    pub uid: u32,
+    pub code_size: u64,
+    pub code_sha256: String,
+    /// Lambda's format: `2026-11-27T19:07:42.000+0000`.
+    pub last_modified: String,
+    /// A new UUID on every change of code or configuration.
+    pub revision_id: String,
+}
+
+impl Function {
+    /// The gid the function's code runs as (equal to the uid).
+    pub fn gid(&self) -> u32 {
+        self.uid
+    }
+
+    pub fn arn(&self) -> String {
+        self.spec.arn()
+    }
+
+    /// The function as Lambda's API shows it.
+    pub fn configuration(&self) -> FunctionConfiguration {
+        FunctionConfiguration {
+            function_name: self.spec.name.clone(),
+            function_arn: self.arn(),
+            runtime: self.spec.runtime.as_str().to_owned(),
+            handler: self.spec.handler.clone(),
+            memory_size: self.spec.memory_mb,
+            timeout: self.spec.timeout_s,
+            environment: crate::protocol::Environment {
+                variables: self.spec.environment.clone(),
+            },
+            ephemeral_storage: EphemeralStorage {
+                size: self.spec.ephemeral_mb,
+            },
+            description: self.spec.description.clone(),
+            code_size: self.code_size,
+            code_sha256: self.code_sha256.clone(),
+            last_modified: self.last_modified.clone(),
+            version: config::LATEST_VERSION.to_owned(),
+            revision_id: self.revision_id.clone(),
+            state: "Active".to_owned(),
+        }
+    }
+
+    fn record(&self) -> Record {
+        Record {
+            format: RECORD_FORMAT,
+            spec: self.spec.clone(),
+            code_revision: self.code_revision,
+            uid: self.uid,
+            code_size: self.code_size,
+            code_sha256: self.code_sha256.clone(),
+            last_modified: self.last_modified.clone(),
+            revision_id: self.revision_id.clone(),
+        }
+    }
+}
+
+/// function.json. The code directory is not stored: it follows from the state
+/// dir, the name and the revision, so the state dir can be moved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    format: u32,
+    spec: FunctionSpec,
+    code_revision: u64,
+    uid: u32,
+    code_size: u64,
+    code_sha256: String,
+    last_modified: String,
+    revision_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("Function not found: {arn}", arn = config::function_arn(name))]
+    NotFound { name: String },
+    #[error("Function already exist: {name}")]
+    AlreadyExists { name: String },
+    #[error("{0}")]
+    CodeSource(&'static str),
+    #[error("{source}")]
+    Package { source: PackageError },
+    #[error(
+        "no free uid left for a new function: all of {}–{} are taken",
+        UID_RANGE.start(),
+        UID_RANGE.end()
+    )]
+    AllocateUid,
+    #[error("cannot create {path:?}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot read the state dir {path:?}: {source}")]
+    ReadStateDir { path: PathBuf, source: io::Error },
+    #[error("cannot read {path:?}: {source}")]
+    ReadRecord { path: PathBuf, source: io::Error },
+    #[error("{path:?} is not a valid function record: {reason}")]
+    ParseRecord { path: PathBuf, reason: String },
+    #[error("cannot write {path:?}: {source}")]
+    WriteRecord { path: PathBuf, source: io::Error },
+    #[error("cannot mark {path:?} deleted: {source}")]
+    DeleteRecord { path: PathBuf, source: io::Error },
+}
+
+impl From<PackageError> for RegistryError {
+    fn from(source: PackageError) -> Self {
+        RegistryError::Package { source }
+    }
+}
+
+/// The one place registry errors become wire errors.
+impl From<RegistryError> for WireError {
+    fn from(e: RegistryError) -> Self {
+        let message = e.to_string();
+        match e {
+            RegistryError::NotFound { .. } => WireError::not_found(message),
+            RegistryError::AlreadyExists { .. } => {
+                WireError::new(ErrorKind::ResourceConflictException, message)
+            }
+            RegistryError::Config(_) | RegistryError::CodeSource(_) => WireError::invalid(message),
+            RegistryError::Package { source } if source.is_refusal() => WireError::invalid(message),
+            RegistryError::Package { .. }
+            | RegistryError::AllocateUid
+            | RegistryError::CreateDir { .. }
+            | RegistryError::ReadStateDir { .. }
+            | RegistryError::ReadRecord { .. }
+            | RegistryError::ParseRecord { .. }
+            | RegistryError::WriteRecord { .. }
+            | RegistryError::DeleteRecord { .. } => WireError::service(message),
+        }
+    }
+}
+
+/// The functions of one state dir.
+#[derive(Debug)]
+pub struct Registry {
+    /// `<state_dir>/functions`, absolute.
+    functions_dir: PathBuf,
+    functions: BTreeMap<String, Function>,
+    limits: Limits,
+}
+
+impl Registry {
+    /// Loads every function under `<state_dir>/functions`, creating the
+    /// directories if needed. Leftovers of an interrupted operation (staging
+    /// directories, temp records, code of a function whose creation did not
+    /// finish) are removed; a record that cannot be read is an error naming
+    /// the file, not a function silently dropped.
+    pub fn open(state_dir: &Path) -> Result<Registry, RegistryError> {
+        create_dir(state_dir)?;
+        let state_dir = state_dir
+            .canonicalize()
+            .map_err(|source| RegistryError::ReadStateDir {
+                path: state_dir.to_owned(),
+                source,
+            })?;
+        let functions_dir = state_dir.join(FUNCTIONS_DIR);
+        create_dir(&functions_dir)?;
+        let mut registry = Registry {
+            functions_dir,
+            functions: BTreeMap::new(),
+            limits: Limits::LAMBDA,
+        };
+        let read_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| RegistryError::ReadStateDir { path, source }
+        };
+        let mut uids = BTreeMap::new();
+        for entry in
+            fs::read_dir(&registry.functions_dir).map_err(read_err(&registry.functions_dir))?
+        {
+            let entry = entry.map_err(read_err(&registry.functions_dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if config::function_name(&name).ok() != Some(name.as_str()) {
+                continue; // not ours
+            }
+            let dir = entry.path();
+            registry.clean_leftovers(&dir)?;
+            let record_path = dir.join(RECORD_FILE);
+            if !record_path.exists() {
+                if !dir.join(TOMBSTONE_FILE).exists() {
+                    // Code installed by a create that never wrote its record.
+                    remove_tree(&dir).map_err(read_err(&dir))?;
+                }
+                continue;
+            }
+            let function = registry.load(&name, &record_path)?;
+            if let Some(other) = uids.insert(function.uid, name.clone()) {
+                return Err(RegistryError::ParseRecord {
+                    path: record_path,
+                    reason: format!("uid {} is also the uid of function {other}", function.uid),
+                });
+            }
+            // A re-create finished writing its record but not removing the
+            // tombstone.
+            let _ = fs::remove_file(dir.join(TOMBSTONE_FILE));
+            registry.functions.insert(name, function);
+        }
+        Ok(registry)
+    }
+
+    /// The function called `name` (or of that ARN).
+    pub fn get(&self, name: &str) -> Option<&Function> {
+        self.functions.get(config::function_name(name).ok()?)
+    }
+
+    /// Every function, in order of name.
+    pub fn list(&self) -> impl Iterator<Item = &Function> + '_ {
+        self.functions.values()
+    }
+
+    /// CreateFunction.
+    pub fn create(&mut self, req: &CreateFunction) -> Result<&Function, RegistryError> {
+        let spec = FunctionSpec::from_create(req)?;
+        let name = spec.name.clone();
+        if self.functions.contains_key(&name) {
+            return Err(RegistryError::AlreadyExists { name });
+        }
+        let source = self.code_source(&req.code)?;
+        let dir = self.functions_dir.join(&name);
+        let tombstone = read_tombstone(&dir.join(TOMBSTONE_FILE));
+        let uid = match tombstone {
+            Some(uid) => uid,
+            None => self.allocate_uid()?,
+        };
+        let fresh = !dir.exists();
+        let result = self.create_in(&dir, spec, uid, &source);
+        if result.is_err() && fresh {
+            // Nothing of a function that never existed stays behind.
+            let _ = remove_tree(&dir);
+        }
+        let function = result?;
+        let _ = fs::remove_file(dir.join(TOMBSTONE_FILE));
+        self.functions.insert(name.clone(), function);
+        Ok(&self.functions[&name])
+    }
+
+    fn create_in(
+        &self,
+        dir: &Path,
+        spec: FunctionSpec,
+        uid: u32,
+        source: &Source,
+    ) -> Result<Function, RegistryError> {
+        create_dir(dir)?;
+        let (code_revision, code_dir, installed) = self.install_code(dir, source)?;
+        let function = Function {
+            spec,
+            code_revision,
+            code_dir,
+            uid,
+            code_size: installed.code_size,
+            code_sha256: installed.code_sha256,
+            last_modified: lambda_timestamp(SystemTime::now()),
+            revision_id: uuid::Uuid::new_v4().to_string(),
+        };
+        write_record(&dir.join(RECORD_FILE), &function.record())?;
+        Ok(function)
+    }
+
+    /// UpdateFunctionCode: installs a new code revision; the previous one stays
+    /// until [`Registry::prune_code`] removes it.
+    pub fn update_code(&mut self, req: &UpdateFunctionCode) -> Result<&Function, RegistryError> {
+        let name = self.existing(&req.function_name)?;
+        let source = self.code_source(&req.code)?;
+        let dir = self.functions_dir.join(&name);
+        let (code_revision, code_dir, installed) = self.install_code(&dir, &source)?;
+        let mut next = self.functions[&name].clone();
+        next.code_revision = code_revision;
+        next.code_dir = code_dir.clone();
+        next.code_size = installed.code_size;
+        next.code_sha256 = installed.code_sha256;
+        next.last_modified = lambda_timestamp(SystemTime::now());
+        next.revision_id = uuid::Uuid::new_v4().to_string();
+        if let Err(e) = write_record(&dir.join(RECORD_FILE), &next.record()) {
+            let _ = remove_tree(&code_dir);
+            return Err(e);
+        }
+        self.functions.insert(name.clone(), next);
+        Ok(&self.functions[&name])
+    }
+
+    /// UpdateFunctionConfiguration: a new revision id, the same code revision.
+    pub fn update_configuration(
+        &mut self,
+        req: &UpdateFunctionConfiguration,
+    ) -> Result<&Function, RegistryError> {
+        let name = self.existing(&req.function_name)?;
+        let current = &self.functions[&name];
+        let mut next = current.clone();
+        next.spec = current.spec.updated(req)?;
+        next.last_modified = lambda_timestamp(SystemTime::now());
+        next.revision_id = uuid::Uuid::new_v4().to_string();
+        write_record(
+            &self.functions_dir.join(&name).join(RECORD_FILE),
+            &next.record(),
+        )?;
+        self.functions.insert(name.clone(), next);
+        Ok(&self.functions[&name])
+    }
+
+    /// DeleteFunction: the function is gone at once (its record becomes a
+    /// tombstone in one rename); its code directories stay until
+    /// [`Registry::prune_code`] finds them unused.
+    pub fn delete(&mut self, name: &str) -> Result<Function, RegistryError> {
+        let name = self.existing(name)?;
+        let dir = self.functions_dir.join(&name);
+        let record = dir.join(RECORD_FILE);
+        fs::rename(&record, dir.join(TOMBSTONE_FILE)).map_err(|source| {
+            RegistryError::DeleteRecord {
+                path: record.clone(),
+                source,
+            }
+        })?;
+        package::sync_dir(&dir).map_err(|source| RegistryError::DeleteRecord {
+            path: record,
+            source,
+        })?;
+        Ok(self
+            .functions
+            .remove(&name)
+            .expect("existing() checked the name"))
+    }
+
+    /// Removes the code revisions of function `name` that are neither its
+    /// current one nor in `in_use` (revisions still mounted by environments).
+    /// For a deleted function every revision not in use goes, and with the
+    /// last one its directory and its uid reservation. An unknown or invalid
+    /// name has nothing to prune.
+    pub fn prune_code(&self, name: &str, in_use: &BTreeSet<u64>) -> io::Result<()> {
+        let Ok(name) = config::function_name(name) else {
+            return Ok(());
+        };
+        let dir = self.functions_dir.join(name);
+        let current = self.functions.get(name).map(|f| f.code_revision);
+        let code = dir.join(CODE_DIR);
+        let mut remaining = 0usize;
+        match fs::read_dir(&code) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry?;
+                    let revision = entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|s| s.parse::<u64>().ok());
+                    match revision {
+                        Some(rev) if Some(rev) != current && !in_use.contains(&rev) => {
+                            remove_tree(&entry.path())?;
+                        }
+                        _ => remaining += 1,
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        if current.is_none() && remaining == 0 && dir.join(TOMBSTONE_FILE).exists() {
+            // The tombstone goes first: from here the uid is free again, and a
+            // crash before the tree is gone leaves an orphan `open` removes.
+            fs::remove_file(dir.join(TOMBSTONE_FILE))?;
+            remove_tree(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Deleted functions whose code is still on disk. After a restart nobody
+    /// tracks their environments any more: once the supervisor knows nothing
+    /// of the previous run is left, `prune_code(name, &BTreeSet::new())` on
+    /// each of these (and on each live function) reclaims the space and uids.
+    pub fn deleted_with_code(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.functions_dir)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !self.functions.contains_key(&name) && entry.path().join(TOMBSTONE_FILE).exists() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The name of an existing function, or NotFound.
+    fn existing(&self, function_name: &str) -> Result<String, RegistryError> {
+        let name = config::function_name(function_name)?;
+        if self.functions.contains_key(name) {
+            Ok(name.to_owned())
+        } else {
+            Err(RegistryError::NotFound {
+                name: name.to_owned(),
+            })
+        }
+    }
+
+    /// `Code`: exactly one of ZipFile or Path.
+    fn code_source(&self, code: &FunctionCode) -> Result<Source, RegistryError> {
+        match (&code.zip_file, &code.path) {
+            (Some(zip), None) => Ok(Source::from_base64(zip, &self.limits)?),
+            (None, Some(path)) => Ok(Source::from_path(Path::new(path))?),
+            (Some(_), Some(_)) => Err(RegistryError::CodeSource(
+                "Code has both ZipFile and Path: send exactly one (ZipFile: a base64 .zip; \
+                 Path: the absolute path of a directory or .zip file on the host)",
+            )),
+            (None, None) => Err(RegistryError::CodeSource(
+                "Code is missing: send ZipFile (a base64 .zip) or Path (the absolute path of \
+                 a directory or .zip file on the host)",
+            )),
+        }
+    }
+
+    /// Installs `source` as the next revision under `dir/code`. Revisions are
+    /// numbered past every directory present, including leftovers of a deleted
+    /// function of the same name, so a number is never reused while an
+    /// environment may hold it.
+    fn install_code(
+        &self,
+        dir: &Path,
+        source: &Source,
+    ) -> Result<(u64, PathBuf, package::Installed), RegistryError> {
+        let code = dir.join(CODE_DIR);
+        create_dir(&code)?;
+        let highest = fs::read_dir(&code)
+            .map_err(|source| RegistryError::ReadStateDir {
+                path: code.clone(),
+                source,
+            })?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        let revision = highest + 1;
+        let code_dir = code.join(revision.to_string());
+        let installed = package::install(source, &code_dir, &self.limits)?;
+        Ok((revision, code_dir, installed))
+    }
+
+    /// The lowest uid in [`UID_RANGE`] that no function, live or deleted with
+    /// code left, holds.
+    fn allocate_uid(&self) -> Result<u32, RegistryError> {
+        let mut taken: BTreeSet<u32> = self.functions.values().map(|f| f.uid).collect();
+        let entries =
+            fs::read_dir(&self.functions_dir).map_err(|source| RegistryError::ReadStateDir {
+                path: self.functions_dir.clone(),
+                source,
+            })?;
+        for entry in entries.flatten() {
+            if let Some(uid) = read_tombstone(&entry.path().join(TOMBSTONE_FILE)) {
+                taken.insert(uid);
+            }
+        }
+        UID_RANGE
+            .into_iter()
+            .find(|uid| !taken.contains(uid))
+            .ok_or(RegistryError::AllocateUid)
+    }
+
+    fn load(&self, name: &str, path: &Path) -> Result<Function, RegistryError> {
+        let bad = |reason: String| RegistryError::ParseRecord {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = fs::read_to_string(path).map_err(|source| RegistryError::ReadRecord {
+            path: path.to_owned(),
+            source,
+        })?;
+        let record: Record = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if record.format != RECORD_FORMAT {
+            return Err(bad(format!(
+                "format {} (this lambdalet reads format {RECORD_FORMAT})",
+                record.format
+            )));
+        }
+        // The limits may have changed since the record was written.
+        let spec = record.spec.validated().map_err(|e| bad(e.to_string()))?;
+        if spec.name != name {
+            return Err(bad(format!("it names function {:?}", spec.name)));
+        }
+        if !UID_RANGE.contains(&record.uid) {
+            return Err(bad(format!("uid {} is outside {UID_RANGE:?}", record.uid)));
+        }
+        let code_dir = self
+            .functions_dir
+            .join(name)
+            .join(CODE_DIR)
+            .join(record.code_revision.to_string());
+        if !code_dir.is_dir() {
+            return Err(bad(format!("its code directory {code_dir:?} is missing")));
+        }
+        Ok(Function {
+            spec,
+            code_revision: record.code_revision,
+            code_dir,
+            uid: record.uid,
+            code_size: record.code_size,
+            code_sha256: record.code_sha256,
+            last_modified: record.last_modified,
+            revision_id: record.revision_id,
+        })
+    }
+
+    /// Removes what an interrupted write left in a function's directory.
+    fn clean_leftovers(&self, dir: &Path) -> Result<(), RegistryError> {
+        let remove = |path: &Path| {
+            remove_tree(path).map_err(|source| RegistryError::ReadStateDir {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        for parent in [dir.to_owned(), dir.join(CODE_DIR)] {
+            let Ok(entries) = fs::read_dir(&parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(package::STAGING_PREFIX) || name.starts_with(RECORD_TEMP_PREFIX)
+                {
+                    remove(&entry.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The uid a tombstone reserves, if there is a readable one.
+fn read_tombstone(path: &Path) -> Option<u32> {
+    let text = fs::read_to_string(path).ok()?;
+    let record: Record = serde_json::from_str(&text).ok()?;
+    Some(record.uid)
+}
+
+fn create_dir(path: &Path) -> Result<(), RegistryError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(STATE_DIR_MODE)
+        .create(path)
+        .map_err(|source| RegistryError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Removes a file, a symlink or a directory tree. std's remove_dir_all does not
+/// follow symlinks (CVE-2022-21658 was fixed in Rust 1.58.1), so a link in a
+/// package cannot make it delete outside the tree.
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes a record so that a crash leaves either the old or the new one:
+/// temp file in the same directory, fsync, rename over, fsync the directory.
+fn write_record(path: &Path, record: &Record) -> Result<(), RegistryError> {
+    let dir = path.parent().expect("a record path has a parent");
+    let write_err = |source| RegistryError::WriteRecord {
+        path: path.to_owned(),
+        source,
+    };
+    let temp = dir.join(format!("{RECORD_TEMP_PREFIX}{}", uuid::Uuid::new_v4()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(RECORD_MODE)
+            .open(&temp)?;
+        let mut json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+        json.push(b'\n');
+        file.write_all(&json)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)?;
+        package::sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(write_err)
+}
+
+/// Lambda's LastModified format, UTC: `2026-11-27T19:07:42.000+0000`.
+pub fn lambda_timestamp(time: SystemTime) -> String {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}+0000",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard
+/// Hinnant's `civil_from_days` (http://howardhinnant.github.io/date_algorithms.html).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests;
