@@ -77,6 +77,9 @@ struct Conn {
     /// Bytes of an over-long line being discarded.
     discarding: bool,
     closed: bool,
+    /// The client's uid: only root may name host paths (Code.Path), since the
+    /// supervisor reads them as root and a function could then read them.
+    peer_uid: u32,
 }
 
 /// The per-function scheduling state: idle environments and waiting invokes.
@@ -154,6 +157,18 @@ impl Supervisor {
         }
         let seccomp_bpf = seccomp::default_filter()?;
         let registry = Registry::open(state_dir)?;
+        // No environment of a previous run is alive any more (remove_stale
+        // killed them), so no code revision but the current ones is in use.
+        let names: Vec<String> = registry
+            .list()
+            .map(|f| f.spec.name.clone())
+            .chain(registry.deleted_with_code()?)
+            .collect();
+        for name in names {
+            if let Err(e) = registry.prune_code(&name, &BTreeSet::new()) {
+                info!("cannot prune the old code of {name}: {e}");
+            }
+        }
         let logs = LogStore::open(&state_dir.join("logs"), super::logs::DEFAULT_MAX_BYTES_PER_FUNCTION)?;
         let runtime_dir = zygote::install_python_runtime(state_dir)?;
         // The empty directory every environment mounts its own root tmpfs on,
@@ -382,6 +397,11 @@ impl Supervisor {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
+                    // unix(7) SO_PEERCRED: who is on the other end decides
+                    // whether host paths may be named in requests.
+                    let peer_uid = nix::sys::socket::getsockopt(&stream, sockopt::PeerCredentials)
+                        .map(|c| c.uid())
+                        .unwrap_or(u32::MAX);
                     let t = self.token(Owner::Conn);
                     if self
                         .poll
@@ -400,6 +420,7 @@ impl Supervisor {
                             wbuf: VecDeque::new(),
                             discarding: false,
                             closed: false,
+                            peer_uid,
                         },
                     );
                 }
@@ -561,8 +582,8 @@ impl Supervisor {
         let params = req.params.map(|p| p.get()).unwrap_or("{}");
         let result = match req.op.as_str() {
             op::INVOKE => return self.op_invoke(t, id, params),
-            op::CREATE_FUNCTION => self.op_create(params),
-            op::UPDATE_FUNCTION_CODE => self.op_update_code(params),
+            op::CREATE_FUNCTION => self.op_create(t, params),
+            op::UPDATE_FUNCTION_CODE => self.op_update_code(t, params),
             op::UPDATE_FUNCTION_CONFIGURATION => self.op_update_config(params),
             op::GET_FUNCTION => parse::<protocol::FunctionName>(params).and_then(|p| {
                 self.registry
@@ -577,12 +598,13 @@ impl Supervisor {
             }),
             op::DELETE_FUNCTION => self.op_delete(params),
             op::GET_LOGS => parse::<protocol::GetLogs>(params).and_then(|p| {
-                if self.registry.get(&p.function_name).is_none() {
-                    return Err(not_found(&p.function_name));
-                }
+                let name = match self.registry.get(&p.function_name) {
+                    Some(f) => f.spec.name.clone(),
+                    None => return Err(not_found(&p.function_name)),
+                };
                 let lines = self
                     .logs
-                    .tail(&p.function_name, p.limit.unwrap_or(1000))
+                    .tail(&name, p.limit.unwrap_or(1000))
                     .map_err(|e| WireError::service(format!("cannot read the logs: {e}")))?;
                 Ok(ok_json(&LogLines { lines }))
             }),
@@ -598,15 +620,27 @@ impl Supervisor {
         self.reply(t, &id, result);
     }
 
-    fn op_create(&mut self, params: &str) -> Result<String, WireError> {
+    fn check_code_path(&self, t: Token, code: &protocol::FunctionCode) -> Result<(), WireError> {
+        let uid = self.conns.get(&t).map_or(u32::MAX, |c| c.peer_uid);
+        if code.path.is_some() && uid != 0 {
+            return Err(WireError::invalid(format!(
+                "Code.Path names a file on the supervisor's host and is accepted from root clients only (this client is uid {uid}); send the package as Code.ZipFile"
+            )));
+        }
+        Ok(())
+    }
+
+    fn op_create(&mut self, t: Token, params: &str) -> Result<String, WireError> {
         let req: protocol::CreateFunction = parse(params)?;
+        self.check_code_path(t, &req.code)?;
         let f = self.registry.create(&req)?;
         info!("created function {}", f.spec.name);
         Ok(ok_json(&f.configuration()))
     }
 
-    fn op_update_code(&mut self, params: &str) -> Result<String, WireError> {
+    fn op_update_code(&mut self, t: Token, params: &str) -> Result<String, WireError> {
         let req: protocol::UpdateFunctionCode = parse(params)?;
+        self.check_code_path(t, &req.code)?;
         let f = self.registry.update_code(&req)?;
         let (name, conf) = (f.spec.name.clone(), f.configuration());
         self.retire_function_envs(&name);
@@ -623,8 +657,9 @@ impl Supervisor {
 
     fn op_delete(&mut self, params: &str) -> Result<String, WireError> {
         let req: protocol::FunctionName = parse(params)?;
-        let name = req.function_name;
-        let f = self.registry.delete(&name)?;
+        // The name may be given as an ARN: key everything on the registry's.
+        let f = self.registry.delete(&req.function_name)?;
+        let name = f.spec.name.clone();
         // Every environment of the function ends before we answer, so the
         // caller sees no process, mount or cgroup of it afterwards.
         let ids: Vec<u64> = self
