@@ -14,7 +14,7 @@ use super::invoke::Invocation;
 use super::logs::LineSplitter;
 use super::pidfd::PidFd;
 use crate::protocol::MAX_SYNC_PAYLOAD_BYTES;
-use crate::sandbox::cgroup::EnvCgroup;
+use crate::sandbox::cgroup::{EnvCgroup, Limits};
 
 /// The longest line an environment may send: a maximal response plus framing.
 /// Longer means a broken or hostile runtime, and the environment is killed.
@@ -62,6 +62,8 @@ pub struct Env {
     pub pidfd: Option<PidFd>,
     pub pid_token: Token,
     pub cgroup: Option<EnvCgroup>,
+    /// The function's limits (the cgroup has init's CPU boost until ready).
+    pub limits: Limits,
     pub spawned_at: Instant,
     /// Set when the environment became ready; reported by its first invoke.
     pub init_duration: Option<Duration>,
@@ -100,6 +102,7 @@ pub struct NewEnv {
     pub log_token: Token,
     pub pid_token: Token,
     pub cgroup: EnvCgroup,
+    pub limits: Limits,
     pub zygote_generation: u64,
 }
 
@@ -123,6 +126,7 @@ impl Env {
             pidfd: None,
             pid_token: n.pid_token,
             cgroup: Some(n.cgroup),
+            limits: n.limits,
             spawned_at: Instant::now(),
             init_duration: None,
             zygote_generation: n.zygote_generation,

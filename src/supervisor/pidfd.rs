@@ -32,6 +32,9 @@ impl ExitStatus {
 pub struct PidFd {
     fd: OwnedFd,
     pid: i32,
+    /// Set once reaped: a reaped pid may be reused, so it is never waited on
+    /// or signalled again.
+    status: std::cell::Cell<Option<ExitStatus>>,
 }
 
 impl PidFd {
@@ -44,7 +47,11 @@ impl PidFd {
         }
         // SAFETY: the kernel just returned this fd to us and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        Ok(PidFd { fd, pid })
+        Ok(PidFd {
+            fd,
+            pid,
+            status: std::cell::Cell::new(None),
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -53,6 +60,9 @@ impl PidFd {
 
     /// SIGKILL through the pidfd: it can never hit a recycled pid.
     pub fn kill(&self) -> io::Result<()> {
+        if self.status.get().is_some() {
+            return Ok(());
+        }
         // SAFETY: a valid pidfd, a signal number, a null siginfo and flags 0.
         let rc = unsafe {
             libc::syscall(
@@ -76,6 +86,9 @@ impl PidFd {
     /// Reap the process if it has exited. `Ok(None)`: still running (or not
     /// yet reparented to us, see docs/architecture.md).
     pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.status.get() {
+            return Ok(Some(status));
+        }
         // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: P_PIDFD with our own pidfd and a valid siginfo pointer.
@@ -97,14 +110,16 @@ impl PidFd {
         }
         // SAFETY: as above, for a CLD_* siginfo.
         let status = unsafe { info.si_status() };
-        Ok(Some(match info.si_code {
+        let status = match info.si_code {
             libc::CLD_EXITED => ExitStatus::Exited(status),
             _ => ExitStatus::Signaled(status),
-        }))
+        };
+        self.status.set(Some(status));
+        Ok(Some(status))
     }
 
-    /// Kill and reap, waiting at most `limit`. Used where the caller needs the
-    /// process gone before it answers (delete, shutdown).
+    /// Kill and reap, waiting at most `limit`. Blocking: only for shutdown,
+    /// where nothing else is served any more.
     pub fn kill_and_reap(&self, limit: std::time::Duration) -> io::Result<Option<ExitStatus>> {
         self.kill()?;
         let start = std::time::Instant::now();

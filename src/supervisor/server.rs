@@ -51,7 +51,9 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_CONN_BACKLOG: usize = 16 * 1024 * 1024;
 /// Account-wide concurrency (DESIGN.md § Invocations), i.e. environments.
 const ACCOUNT_CONCURRENCY: usize = 1000;
-/// How long delete and shutdown wait for an environment to be reaped.
+/// How long a runtime that closed its channel may take to exit.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long shutdown waits for environments to be reaped.
 const REAP_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +70,21 @@ enum Timer {
     /// An invocation's deadline: (environment, invocation timer id).
     Deadline(u64, u64),
     InitDeadline(u64),
+    /// Look again at an ended environment that was still dying.
+    Dying(u64),
+    /// The runtime closed its channel this long ago and has not exited.
+    Closed(u64),
+}
+
+/// An environment that has ended but whose processes or cgroup are not gone.
+struct Dying {
+    env_id: String,
+    function: String,
+    code_revision: u64,
+    pidfd: Option<PidFd>,
+    pid_token: Token,
+    cgroup: Option<crate::sandbox::cgroup::EnvCgroup>,
+    retries: u32,
 }
 
 struct Conn {
@@ -118,6 +135,10 @@ pub struct Supervisor {
     next_timer: u64,
     /// Environments whose log pipe still has data past the read budget.
     log_backlog: Vec<u64>,
+    /// Ended environments whose processes or cgroup are not gone yet.
+    dying: HashMap<u64, Dying>,
+    /// DeleteFunction requests waiting for the function's environments to end.
+    deletes: Vec<(String, Token, serde_json::Value)>,
     shutting_down: bool,
 }
 
@@ -169,7 +190,10 @@ impl Supervisor {
                 info!("cannot prune the old code of {name}: {e}");
             }
         }
-        let logs = LogStore::open(&state_dir.join("logs"), super::logs::DEFAULT_MAX_BYTES_PER_FUNCTION)?;
+        let logs = LogStore::open(
+            &state_dir.join("logs"),
+            super::logs::DEFAULT_MAX_BYTES_PER_FUNCTION,
+        )?;
         let runtime_dir = zygote::install_python_runtime(state_dir)?;
         // The empty directory every environment mounts its own root tmpfs on,
         // in its own mount namespace.
@@ -212,6 +236,8 @@ impl Supervisor {
             next_env: 1,
             next_timer: 1,
             log_backlog: Vec::new(),
+            dying: HashMap::new(),
+            deletes: Vec::new(),
             shutting_down: false,
         };
         sup.poll
@@ -249,7 +275,11 @@ impl Supervisor {
                 return Err(e.into());
             }
             for event in events.iter() {
-                self.dispatch(event.token(), event.is_readable() || event.is_read_closed(), event.is_writable());
+                self.dispatch(
+                    event.token(),
+                    event.is_readable() || event.is_read_closed(),
+                    event.is_writable(),
+                );
             }
             self.drain_log_backlog();
             self.fire_timers();
@@ -311,7 +341,11 @@ impl Supervisor {
 
     fn start_zygote(&mut self) -> Result<(), Box<dyn std::error::Error>> {
         self.zygote_generation += 1;
-        let mut z = Zygote::start(&self.python.executable, &self.runtime_dir, self.zygote_generation)?;
+        let mut z = Zygote::start(
+            &self.python.executable,
+            &self.runtime_dir,
+            self.zygote_generation,
+        )?;
         let fd = z.channel_fd();
         self.poll.registry().register(
             &mut SourceFd(&fd),
@@ -342,7 +376,9 @@ impl Supervisor {
 
     fn read_zygote(&mut self) {
         loop {
-            let Some(z) = self.zygote.as_mut() else { return };
+            let Some(z) = self.zygote.as_mut() else {
+                return;
+            };
             match z.recv() {
                 Ok(Some(ZygoteReport::Hello { pid, preload_ms })) => {
                     z.state = ZygoteState::Ready;
@@ -368,7 +404,9 @@ impl Supervisor {
     }
 
     fn zygote_exited(&mut self) {
-        let Some(z) = self.zygote.as_ref() else { return };
+        let Some(z) = self.zygote.as_ref() else {
+            return;
+        };
         let status = match z.pidfd.try_wait() {
             Ok(Some(s)) => s,
             _ => return,
@@ -438,7 +476,9 @@ impl Supervisor {
         let mut eof = false;
         let mut too_long = 0usize;
         {
-            let Some(c) = self.conns.get_mut(&t) else { return };
+            let Some(c) = self.conns.get_mut(&t) else {
+                return;
+            };
             let mut chunk = [0u8; 64 * 1024];
             loop {
                 if c.wbuf.len() > MAX_CONN_BACKLOG {
@@ -497,7 +537,9 @@ impl Supervisor {
     }
 
     fn flush_conn(&mut self, t: Token) {
-        let Some(c) = self.conns.get_mut(&t) else { return };
+        let Some(c) = self.conns.get_mut(&t) else {
+            return;
+        };
         while !c.wbuf.is_empty() {
             let (a, _) = c.wbuf.as_slices();
             match c.stream.write(a) {
@@ -531,7 +573,9 @@ impl Supervisor {
             Ok(body) => body,
             Err(e) => protocol::error_line(id, &e),
         };
-        let Some(c) = self.conns.get_mut(&t) else { return };
+        let Some(c) = self.conns.get_mut(&t) else {
+            return;
+        };
         if c.closed && c.wbuf.is_empty() {
             return;
         }
@@ -596,7 +640,7 @@ impl Supervisor {
                     functions: self.registry.list().map(Function::configuration).collect(),
                 })
             }),
-            op::DELETE_FUNCTION => self.op_delete(params),
+            op::DELETE_FUNCTION => return self.op_delete(t, id, params),
             op::GET_LOGS => parse::<protocol::GetLogs>(params).and_then(|p| {
                 let name = match self.registry.get(&p.function_name) {
                     Some(f) => f.spec.name.clone(),
@@ -655,22 +699,20 @@ impl Supervisor {
         Ok(ok_json(&conf))
     }
 
-    fn op_delete(&mut self, params: &str) -> Result<String, WireError> {
-        let req: protocol::FunctionName = parse(params)?;
+    /// DeleteFunction answers once every environment of the function has
+    /// ended, so the caller sees no process, mount or cgroup of it afterwards;
+    /// the loop serves everyone else meanwhile.
+    fn op_delete(&mut self, t: Token, id: serde_json::Value, params: &str) {
+        let req: protocol::FunctionName = match parse(params) {
+            Ok(r) => r,
+            Err(e) => return self.reply(t, &id, Err(e)),
+        };
         // The name may be given as an ARN: key everything on the registry's.
-        let f = self.registry.delete(&req.function_name)?;
+        let f = match self.registry.delete(&req.function_name) {
+            Ok(f) => f,
+            Err(e) => return self.reply(t, &id, Err(e.into())),
+        };
         let name = f.spec.name.clone();
-        // Every environment of the function ends before we answer, so the
-        // caller sees no process, mount or cgroup of it afterwards.
-        let ids: Vec<u64> = self
-            .envs
-            .values()
-            .filter(|e| e.function == name)
-            .map(|e| e.id)
-            .collect();
-        for id in ids {
-            self.destroy_env(id, EndReason::Deleted);
-        }
         if let Some(mut pool) = self.pools.remove(&name) {
             for inv in pool.pending.drain(..) {
                 let err = WireError::not_found(format!(
@@ -680,14 +722,26 @@ impl Supervisor {
                 self.answer_error(inv, err);
             }
         }
-        if let Err(e) = self.registry.prune_code(&name, &BTreeSet::new()) {
-            info!("cannot remove the code of {name}: {e}");
-        }
         if let Err(e) = self.logs.remove(&name) {
             info!("cannot remove the logs of {name}: {e}");
         }
         info!("deleted function {name}");
-        Ok("{}".to_string())
+        self.deletes.push((name.clone(), t, id));
+        let ids: Vec<u64> = self
+            .envs
+            .values()
+            .filter(|e| e.function == name)
+            .map(|e| e.id)
+            .collect();
+        for env in ids {
+            self.destroy_env(env, EndReason::Deleted);
+        }
+        if !self.function_has_envs(&name) {
+            if let Err(e) = self.registry.prune_code(&name, &BTreeSet::new()) {
+                info!("cannot remove the code of {name}: {e}");
+            }
+        }
+        self.answer_deletes(&name);
     }
 
     fn op_invoke(&mut self, t: Token, id: serde_json::Value, params: &str) {
@@ -738,7 +792,11 @@ impl Supervisor {
             tail: None,
             timer: 0,
         };
-        self.pools.entry(function.clone()).or_default().pending.push_back(inv);
+        self.pools
+            .entry(function.clone())
+            .or_default()
+            .pending
+            .push_back(inv);
         self.schedule(&function);
     }
 
@@ -748,7 +806,9 @@ impl Supervisor {
     /// new environments for the ones that remain.
     fn schedule(&mut self, function: &str) {
         loop {
-            let Some(pool) = self.pools.get_mut(function) else { return };
+            let Some(pool) = self.pools.get_mut(function) else {
+                return;
+            };
             if pool.pending.is_empty() {
                 return;
             }
@@ -781,7 +841,10 @@ impl Supervisor {
                 info!("cannot start an environment for {function}: {e}");
                 let pool = self.pools.get_mut(function).expect("exists");
                 if let Some(inv) = pool.pending.pop_front() {
-                    self.answer_error(inv, WireError::service(format!("cannot start an environment: {e}")));
+                    self.answer_error(
+                        inv,
+                        WireError::service(format!("cannot start an environment: {e}")),
+                    );
                 }
             }
         }
@@ -795,7 +858,11 @@ impl Supervisor {
         let spec = f.spec.clone();
         let (revision_id, code_revision) = (f.revision_id.clone(), f.code_revision);
         let pool = self.pools.entry(function.to_string()).or_default();
-        if pool.template.as_ref().is_none_or(|(rev, _, _)| *rev != revision_id) {
+        if pool
+            .template
+            .as_ref()
+            .is_none_or(|(rev, _, _)| *rev != revision_id)
+        {
             let template = PlanTemplate::new(&TemplateInputs {
                 new_root: &self.rootfs_dir,
                 code_dir: &f.code_dir,
@@ -816,7 +883,9 @@ impl Supervisor {
         let env_id = format!("e{id}");
 
         let limits = Limits::for_function(spec.memory_mb, self.host_cpus);
-        let cgroup = self.cgroups.create(&env_id, &limits)?;
+        let cgroup = self
+            .cgroups
+            .create(&env_id, &limits.for_init(self.host_cpus))?;
 
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -864,6 +933,7 @@ impl Supervisor {
             log_token,
             pid_token,
             cgroup,
+            limits,
             zygote_generation: generation,
         });
         self.poll
@@ -912,7 +982,10 @@ impl Supervisor {
         env.state = EnvState::Busy(Box::new(inv));
         self.timers.push(Reverse((now + timeout, timer)));
         if let Err(e) = sent {
-            info!("{}: cannot send the invoke: {e}", env_id_str(&self.envs, env_id));
+            info!(
+                "{}: cannot send the invoke: {e}",
+                env_id_str(&self.envs, env_id)
+            );
             self.env_failed(env_id, None);
         }
     }
@@ -922,7 +995,11 @@ impl Supervisor {
         if self.registry.get(&function).is_none() {
             return self.answer_error(inv, not_found(&function));
         }
-        self.pools.entry(function.clone()).or_default().pending.push_front(inv);
+        self.pools
+            .entry(function.clone())
+            .or_default()
+            .pending
+            .push_front(inv);
         self.schedule(&function);
     }
 
@@ -930,7 +1007,9 @@ impl Supervisor {
 
     fn worker_readable(&mut self, id: u64) {
         let mut lines = Vec::new();
-        let Some(env) = self.envs.get_mut(&id) else { return };
+        let Some(env) = self.envs.get_mut(&id) else {
+            return;
+        };
         let read = env.read_worker(&mut lines);
         let (open, pid) = match read {
             Ok(r) => r,
@@ -945,10 +1024,11 @@ impl Supervisor {
                     let fd = pfd.as_raw_fd();
                     let token = env.pid_token;
                     env.pidfd = Some(pfd);
-                    let _ = self
-                        .poll
-                        .registry()
-                        .register(&mut SourceFd(&fd), token, Interest::READABLE);
+                    let _ = self.poll.registry().register(
+                        &mut SourceFd(&fd),
+                        token,
+                        Interest::READABLE,
+                    );
                 }
                 Err(e) => info!("{}: pidfd_open({pid}): {e}", env.env_id),
             }
@@ -957,9 +1037,22 @@ impl Supervisor {
             self.worker_line(id, &line);
         }
         if !open {
-            // The runtime closed its channel: it is exiting or dead. Kill it
-            // to be sure, and finish once its PID 1 is reaped.
-            self.env_failed(id, None);
+            // The runtime closed its channel: it is exiting or dead. Its exit
+            // status says why (exit status 3, signal: killed, OOM), and the
+            // pidfd event that brings it follows at once; a runtime that
+            // closed the channel but lingers is killed after CLOSE_GRACE.
+            let Some(env) = self.envs.get_mut(&id) else {
+                return;
+            };
+            let exited = env.pidfd.as_ref().map(|p| p.try_wait().ok().flatten());
+            match exited {
+                Some(None) => {
+                    let _ = self.poll.registry().deregister(&mut env.worker);
+                    self.add_timer(CLOSE_GRACE, Timer::Closed(id));
+                }
+                Some(status) => self.env_failed(id, status),
+                None => self.env_failed(id, None),
+            }
         }
     }
 
@@ -971,10 +1064,19 @@ impl Supervisor {
                 return self.env_failed(id, None);
             }
         };
-        let Some(env) = self.envs.get_mut(&id) else { return };
+        let Some(env) = self.envs.get_mut(&id) else {
+            return;
+        };
         match (msg.t, &env.state) {
             ("ready", EnvState::Starting) => {
                 env.init_duration = Some(env.spawned_at.elapsed());
+                // Init ran with at least one vCPU; invokes get the function's share.
+                if let Some(cg) = env.cgroup.as_ref() {
+                    if let Err(e) = cg.set_cpu(&env.limits) {
+                        info!("{}: {e}", env.env_id);
+                        return self.env_failed(id, None);
+                    }
+                }
                 let function = env.function.clone();
                 if let Some(pool) = self.pools.get_mut(&function) {
                     pool.starting = pool.starting.saturating_sub(1);
@@ -986,33 +1088,40 @@ impl Supervisor {
                 // The runtime exits next; the env ends through env_failed.
             }
             ("result", EnvState::Busy(_)) | ("error", EnvState::Busy(_)) => {
-                let outcome = if msg.t == "result" {
-                    let payload = msg.payload.map(|p| p.to_owned()).unwrap_or_else(|| {
-                        RawValue::from_string("null".into()).expect("valid")
-                    });
-                    Outcome::Success(payload)
-                } else {
-                    let body = msg
-                        .error
-                        .map(|e| e.to_owned())
-                        .unwrap_or_else(|| invoke::error_body("Runtime.Unknown", "unknown error"));
-                    let error_type = serde_json::from_str::<serde_json::Value>(body.get())
-                        .ok()
-                        .and_then(|v| v.get("errorType").and_then(|t| t.as_str()).map(String::from))
-                        .unwrap_or_else(|| "Unhandled".to_string());
-                    Outcome::FunctionError {
-                        body,
-                        error_type,
-                        status: None,
-                    }
-                };
+                let outcome =
+                    if msg.t == "result" {
+                        let payload = msg.payload.map(|p| p.to_owned()).unwrap_or_else(|| {
+                            RawValue::from_string("null".into()).expect("valid")
+                        });
+                        Outcome::Success(payload)
+                    } else {
+                        let body = msg.error.map(|e| e.to_owned()).unwrap_or_else(|| {
+                            invoke::error_body("Runtime.Unknown", "unknown error")
+                        });
+                        let error_type = serde_json::from_str::<serde_json::Value>(body.get())
+                            .ok()
+                            .and_then(|v| {
+                                v.get("errorType")
+                                    .and_then(|t| t.as_str())
+                                    .map(String::from)
+                            })
+                            .unwrap_or_else(|| "Unhandled".to_string());
+                        Outcome::FunctionError {
+                            body,
+                            error_type,
+                            status: None,
+                        }
+                    };
                 // Everything the function printed is in the pipe before the
                 // response was written (the runtime flushes first).
                 self.pump_log(id, usize::MAX);
                 let env = self.envs.get_mut(&id).expect("present");
-                let EnvState::Busy(inv) =
-                    std::mem::replace(&mut env.state, EnvState::Idle { since: Instant::now() })
-                else {
+                let EnvState::Busy(inv) = std::mem::replace(
+                    &mut env.state,
+                    EnvState::Idle {
+                        since: Instant::now(),
+                    },
+                ) else {
                     unreachable!("matched Busy above")
                 };
                 self.finish(id, *inv, outcome);
@@ -1037,7 +1146,9 @@ impl Supervisor {
     /// The environment is ready for work: give it the next waiting invoke, or
     /// park it in the idle list.
     fn env_idle(&mut self, id: u64) {
-        let Some(env) = self.envs.get_mut(&id) else { return };
+        let Some(env) = self.envs.get_mut(&id) else {
+            return;
+        };
         env.state = EnvState::Idle {
             since: Instant::now(),
         };
@@ -1063,7 +1174,9 @@ impl Supervisor {
 
     /// Move log output of `id` into the store (and the running invoke's tail).
     fn pump_log(&mut self, id: u64, budget: usize) {
-        let Some(env) = self.envs.get_mut(&id) else { return };
+        let Some(env) = self.envs.get_mut(&id) else {
+            return;
+        };
         let mut lines = Vec::new();
         let more = env.read_log(budget, &mut lines).unwrap_or(false);
         if more && !self.log_backlog.contains(&id) {
@@ -1092,6 +1205,9 @@ impl Supervisor {
     }
 
     fn env_exited(&mut self, id: u64) {
+        if self.dying.contains_key(&id) {
+            return self.reap_dying(id);
+        }
         let status = match self.envs.get(&id).and_then(|e| e.pidfd.as_ref()) {
             Some(p) => match p.try_wait() {
                 Ok(Some(s)) => Some(s),
@@ -1107,13 +1223,13 @@ impl Supervisor {
     /// The environment stopped working (exit, crash, bad message, OOM, EOF):
     /// answer its invoke if it had one, and remove it.
     fn env_failed(&mut self, id: u64, status: Option<pidfd::ExitStatus>) {
-        let Some(env) = self.envs.get_mut(&id) else { return };
-        // Collect the status if we do not have it yet.
-        let status = status.or_else(|| {
-            env.pidfd
-                .as_ref()
-                .and_then(|p| p.kill_and_reap(REAP_WAIT).ok().flatten())
-        });
+        let Some(env) = self.envs.get_mut(&id) else {
+            return;
+        };
+        // The status, if PID 1 has already been reaped; a channel that closed
+        // first leaves it None, and the error then says "exited".
+        let status =
+            status.or_else(|| env.pidfd.as_ref().and_then(|p| p.try_wait().ok().flatten()));
         self.pump_log(id, usize::MAX);
         let env = self.envs.get_mut(&id).expect("present");
         let oom = env
@@ -1124,7 +1240,9 @@ impl Supervisor {
         match std::mem::replace(&mut env.state, EnvState::Starting) {
             EnvState::Busy(inv) => {
                 let inv = *inv;
-                let detail = status.map(|s| s.describe()).unwrap_or_else(|| "exited".into());
+                let detail = status
+                    .map(|s| s.describe())
+                    .unwrap_or_else(|| "exited".into());
                 let (error_type, message) = if oom {
                     (
                         "Runtime.OutOfMemory",
@@ -1156,7 +1274,9 @@ impl Supervisor {
                 let init_error = env.init_error.take();
                 let function = env.function.clone();
                 let zygote_died = env.zygote_generation != self.zygote_generation;
-                let detail = status.map(|s| s.describe()).unwrap_or_else(|| "exited".into());
+                let detail = status
+                    .map(|s| s.describe())
+                    .unwrap_or_else(|| "exited".into());
                 let elapsed = env.spawned_at.elapsed();
                 self.destroy_env(id, EndReason::Failed);
                 if let Some(pool) = self.pools.get_mut(&function) {
@@ -1169,7 +1289,10 @@ impl Supervisor {
                 }
                 // Lambda answers the invoke that caused the cold start with
                 // the init error.
-                let Some(inv) = self.pools.get_mut(&function).and_then(|p| p.pending.pop_front())
+                let Some(inv) = self
+                    .pools
+                    .get_mut(&function)
+                    .and_then(|p| p.pending.pop_front())
                 else {
                     return;
                 };
@@ -1221,9 +1344,15 @@ impl Supervisor {
 
     /// Write END and REPORT and answer the caller.
     fn finish(&mut self, env_id: u64, mut inv: Invocation, outcome: Outcome) {
-        let Some(env) = self.envs.get_mut(&env_id) else { return };
+        let Some(env) = self.envs.get_mut(&env_id) else {
+            return;
+        };
         let duration = inv.started.map(|s| s.elapsed()).unwrap_or_default();
-        let peak = env.cgroup.as_ref().and_then(|c| c.memory_peak().ok()).unwrap_or(0);
+        let peak = env
+            .cgroup
+            .as_ref()
+            .and_then(|c| c.memory_peak().ok())
+            .unwrap_or(0);
         let init = env.init_duration.take();
         let (status, error_type) = match &outcome {
             Outcome::Success(_) => (None, None),
@@ -1247,7 +1376,9 @@ impl Supervisor {
             t.push_line(&report);
             t.base64()
         });
-        let Some((t, id)) = inv.reply_to.take() else { return };
+        let Some((t, id)) = inv.reply_to.take() else {
+            return;
+        };
         let (payload, function_error) = match outcome {
             Outcome::Success(p) => (p, None),
             Outcome::FunctionError { body, .. } => (body, Some("Unhandled".to_string())),
@@ -1281,34 +1412,30 @@ impl Supervisor {
         self.reply_ok(t, &id, &result);
     }
 
-    /// End an environment now: kill its PID 1 (which takes every process of
-    /// its PID namespace with it), reap it, remove its cgroup, close its fds.
+    /// End an environment: kill its PID 1 (the kernel then kills every
+    /// process of its PID namespace, pid_namespaces(7)), close its channels,
+    /// and remove its cgroup once it is empty. Nothing here waits: a tree
+    /// still dying (a fork bomb takes a second or two) is finished by its
+    /// pidfd event or the retry timer, in `reap_dying`.
     fn destroy_env(&mut self, id: u64, reason: EndReason) {
-        let Some(mut env) = self.envs.remove(&id) else { return };
+        let Some(mut env) = self.envs.remove(&id) else {
+            return;
+        };
         if let Some(p) = env.pidfd.as_ref() {
-            match p.kill_and_reap(REAP_WAIT) {
-                Ok(Some(_)) => {}
-                Ok(None) => info!("{}: PID {} not reaped yet", env.env_id, p.pid()),
-                Err(e) => info!("{}: kill: {e}", env.env_id),
+            if let Err(e) = p.kill() {
+                info!("{}: kill: {e}", env.env_id);
             }
-            let fd = p.as_raw_fd();
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        }
-        if let Some(cg) = env.cgroup.take() {
-            // Processes of an environment whose PID 1 we never learnt (it died
-            // before its first message) are found through the cgroup.
+        } else if let Some(cg) = env.cgroup.as_ref() {
+            // PID 1 never said hello, so its pid is unknown: the cgroup knows
+            // every process of the environment.
             if let Err(e) = cg.kill_all() {
                 info!("{}: cgroup kill: {e}", env.env_id);
-            }
-            if let Err(e) = cg.remove() {
-                info!("{}: cgroup remove: {e}", env.env_id);
             }
         }
         let _ = self.poll.registry().deregister(&mut env.worker);
         let _ = self.poll.registry().deregister(&mut env.log);
         self.owners.remove(&env.worker_token);
         self.owners.remove(&env.log_token);
-        self.owners.remove(&env.pid_token);
         self.log_backlog.retain(|&e| e != id);
         if let Some(pool) = self.pools.get_mut(&env.function) {
             pool.idle.retain(|&e| e != id);
@@ -1324,15 +1451,92 @@ impl Supervisor {
             };
             self.answer_error(*inv, err);
         }
+        let dying = Dying {
+            env_id: env.env_id,
+            function: env.function,
+            code_revision: env.code_revision,
+            pidfd: env.pidfd,
+            pid_token: env.pid_token,
+            cgroup: env.cgroup,
+            retries: 0,
+        };
+        self.dying.insert(id, dying);
+        self.reap_dying(id);
+    }
+
+    /// Finish an ended environment if its processes are gone: reap PID 1,
+    /// remove the cgroup, drop the code revision if nothing uses it, and
+    /// answer a DeleteFunction that waited for it.
+    fn reap_dying(&mut self, id: u64) {
+        let Some(d) = self.dying.get_mut(&id) else {
+            return;
+        };
+        let reaped = match d.pidfd.as_ref() {
+            // ECHILD: not reparented to us yet (its parent A is still exiting).
+            Some(p) => matches!(p.try_wait(), Ok(Some(_))),
+            None => true,
+        };
+        let empty = reaped
+            && d.cgroup
+                .as_ref()
+                .is_none_or(|cg| !cg.is_populated().unwrap_or(true));
+        if !empty {
+            d.retries += 1;
+            if d.retries % 50 == 0 {
+                info!("{}: still dying after {} s", d.env_id, d.retries / 10);
+                if let Some(cg) = d.cgroup.as_ref() {
+                    let _ = cg.kill_all();
+                }
+            }
+            self.add_timer(Duration::from_millis(100), Timer::Dying(id));
+            return;
+        }
+        let d = self.dying.remove(&id).expect("present");
+        if let Some(p) = d.pidfd.as_ref() {
+            let fd = p.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+        self.owners.remove(&d.pid_token);
+        if let Some(cg) = d.cgroup {
+            if let Err(e) = cg.remove() {
+                info!("{}: cgroup remove: {e}", d.env_id);
+            }
+        }
+        let function = d.function;
         // Code revisions no environment uses any more can go.
         let in_use: BTreeSet<u64> = self
             .envs
             .values()
-            .filter(|e| e.function == env.function)
-            .map(|e| e.code_revision)
+            .map(|e| (&e.function, e.code_revision))
+            .chain(self.dying.values().map(|e| (&e.function, e.code_revision)))
+            .filter(|(f, _)| **f == function)
+            .map(|(_, rev)| rev)
             .collect();
-        if self.registry.get(&env.function).is_some() {
-            let _ = self.registry.prune_code(&env.function, &in_use);
+        let _ = self.registry.prune_code(&function, &in_use);
+        self.answer_deletes(&function);
+    }
+
+    fn function_has_envs(&self, function: &str) -> bool {
+        self.envs.values().any(|e| e.function == function)
+            || self.dying.values().any(|d| d.function == function)
+    }
+
+    /// Answer the DeleteFunction requests of `function` once none of its
+    /// environments is left.
+    fn answer_deletes(&mut self, function: &str) {
+        if self.function_has_envs(function) {
+            return;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deletes)
+            .into_iter()
+            .partition(|(f, _, _)| f == function);
+        self.deletes = waiting;
+        for (_, t, id) in done {
+            self.reply(
+                t,
+                &id,
+                Ok(protocol::success_line(&id, &serde_json::json!({}))),
+            );
         }
     }
 
@@ -1369,10 +1573,19 @@ impl Supervisor {
                     self.add_timer(HOUSEKEEPING, Timer::Housekeeping);
                 }
                 Timer::Deadline(env_id, timer_id) => self.deadline(env_id, timer_id),
+                Timer::Dying(env_id) => self.reap_dying(env_id),
+                Timer::Closed(env_id) => {
+                    if self.envs.contains_key(&env_id) {
+                        self.env_failed(env_id, None);
+                    }
+                }
                 Timer::InitDeadline(env_id) => {
                     if let Some(env) = self.envs.get(&env_id) {
                         if matches!(env.state, EnvState::Starting) {
-                            info!("{}: init did not finish within {INIT_TIMEOUT:?}", env.env_id);
+                            info!(
+                                "{}: init did not finish within {INIT_TIMEOUT:?}",
+                                env.env_id
+                            );
                             let env = self.envs.get_mut(&env_id).expect("present");
                             env.init_error = Some(
                                 invoke::error_body(
@@ -1394,8 +1607,12 @@ impl Supervisor {
     }
 
     fn deadline(&mut self, env_id: u64, timer_id: u64) {
-        let Some(env) = self.envs.get_mut(&env_id) else { return };
-        let EnvState::Busy(inv) = &env.state else { return };
+        let Some(env) = self.envs.get_mut(&env_id) else {
+            return;
+        };
+        let EnvState::Busy(inv) = &env.state else {
+            return;
+        };
         if inv.timer != timer_id {
             return;
         }
@@ -1406,12 +1623,15 @@ impl Supervisor {
             unreachable!()
         };
         let message = invoke::timeout_message(&inv.request_id, env.timeout);
-        let _ = self.logs.append(&env.function, &[&format!(
-            "{} {} Task timed out after {:.2} seconds",
-            now_rfc3339(),
-            inv.request_id,
-            env.timeout.as_secs_f64()
-        )]);
+        let _ = self.logs.append(
+            &env.function,
+            &[&format!(
+                "{} {} Task timed out after {:.2} seconds",
+                now_rfc3339(),
+                inv.request_id,
+                env.timeout.as_secs_f64()
+            )],
+        );
         let outcome = Outcome::FunctionError {
             body: invoke::error_body("Sandbox.Timedout", &message),
             error_type: "Sandbox.Timedout".to_string(),
@@ -1428,7 +1648,9 @@ impl Supervisor {
         let expired: Vec<u64> = self
             .envs
             .values()
-            .filter(|e| matches!(e.state, EnvState::Idle { since } if since.elapsed() >= keep_alive))
+            .filter(
+                |e| matches!(e.state, EnvState::Idle { since } if since.elapsed() >= keep_alive),
+            )
             .map(|e| e.id)
             .collect();
         for id in expired {
@@ -1456,8 +1678,20 @@ impl Supervisor {
         for (_, pool) in std::mem::take(&mut self.pools) {
             for inv in pool.pending {
                 if let Some((t, id)) = inv.reply_to {
-                    self.reply(t, &id, Err(WireError::service("the supervisor is shutting down")));
+                    self.reply(
+                        t,
+                        &id,
+                        Err(WireError::service("the supervisor is shutting down")),
+                    );
                 }
+            }
+        }
+        // Nothing else is served now, so waiting here is fine (bounded).
+        let deadline = Instant::now() + REAP_WAIT;
+        while !self.dying.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            for id in self.dying.keys().copied().collect::<Vec<_>>() {
+                self.reap_dying(id);
             }
         }
         if let Some(z) = self.zygote.take() {
@@ -1507,8 +1741,9 @@ fn decode_client_context(b64: &str) -> Result<serde_json::Value, WireError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| WireError::invalid(format!("ClientContext is not valid base64: {e}")))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| WireError::invalid(format!("ClientContext is not base64 of a JSON object: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        WireError::invalid(format!("ClientContext is not base64 of a JSON object: {e}"))
+    })
 }
 
 fn now_rfc3339() -> String {
@@ -1599,7 +1834,12 @@ fn runtime_section(spec: &FunctionSpec, python: &HostPython) -> Box<RawValue> {
         now_rfc3339().get(..10).unwrap_or("").replace('-', "/"),
         uuid::Uuid::new_v4().simple()
     );
-    let major_minor: String = python.version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let major_minor: String = python
+        .version
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
     let reserved = [
         ("AWS_LAMBDA_FUNCTION_NAME", name.clone()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string()),
@@ -1648,8 +1888,12 @@ fn runtime_section(spec: &FunctionSpec, python: &HostPython) -> Box<RawValue> {
 fn bind_socket(opts: &ServeOptions) -> Result<UnixListener, Box<dyn std::error::Error>> {
     let path = &opts.socket;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the socket's directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            format!(
+                "cannot create the socket's directory {}: {e}",
+                dir.display()
+            )
+        })?;
     }
     if path.exists() {
         // A socket nobody answers on is left from a killed run; a live one
@@ -1669,8 +1913,7 @@ fn bind_socket(opts: &ServeOptions) -> Result<UnixListener, Box<dyn std::error::
     let listener = UnixListener::bind(path);
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
-    let listener =
-        listener.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = listener.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     if let Some(group) = &opts.socket_group {
         let g = nix::unistd::Group::from_name(group)?
             .ok_or_else(|| format!("--socket-group {group}: no such group"))?;
