@@ -1,0 +1,443 @@
+//! Cold start: a new environment from the zygote to the first result of the
+//! `hello` handler (examples/hello), seen by a client of the socket; with the
+//! same handler run by bubblewrap + python3 and by a bare python3, measured in
+//! the same run, sample by sample in turn so that the machine's noise falls on
+//! every method alike.
+//!
+//! Each lambdalet sample: UpdateFunctionConfiguration (a new Description)
+//! retires the warm environment (the supervisor has killed it and removed its
+//! cgroup by the time it answers), a short pause lets the kernel finish the
+//! teardown, then the Invoke is timed from the first byte written to the last
+//! byte of the answer read: supervisor dispatch + cgroups + zygote fork +
+//! namespaces + sandbox + init (import of app.py) + invoke + reply. The REPORT
+//! line of the invoke (GetLogs, not timed) gives the supervisor's own view:
+//! Init Duration (zygote spawn request sent → environment ready) and Duration
+//! (the invoke).
+//!
+//! lambdalet is measured twice, the same code deployed at two memory sizes:
+//! 128 MB (the default), whose CPU quota (128/1769 of a vCPU: 7.2 ms per
+//! 100 ms period) binds during the environment's setup and init, and 1769 MB,
+//! one full vCPU, which is what a peer process (no CPU limit, one thread) gets;
+//! the ratios are against the latter.
+//!
+//! `cargo bench --bench coldstart` (root). Knobs: COLDSTART_SAMPLES (200),
+//! COLDSTART_SETTLE_MS (pause after the retire, 30), LAMBDALET_BIN.
+
+mod common;
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ms, ratio, Error, Samples};
+use serde_json::json;
+
+const BENCH: &str = "coldstart";
+const FUNCTION: &str = "hello";
+
+/// The peers' driver: what the runtime does for a cold start, without the
+/// runtime: import the handler's module from the code dir (argv[1]), call
+/// handler({}, context), print the JSON result.
+const PEER_SCRIPT: &str = r#"import sys, json
+sys.path.insert(0, sys.argv[1])
+import app
+class Context:
+    function_name = "hello"
+    function_version = "$LATEST"
+    aws_request_id = "00000000-0000-0000-0000-000000000000"
+    memory_limit_in_mb = "128"
+    def get_remaining_time_in_millis(self):
+        return 3000
+print(json.dumps(app.handler({}, Context())))
+"#;
+
+struct Peer {
+    name: String,
+    argv: Vec<OsString>,
+    samples: Vec<Duration>,
+}
+
+impl Peer {
+    fn new(name: &str, argv: Vec<OsString>) -> Peer {
+        Peer {
+            name: name.to_string(),
+            argv,
+            samples: Vec::new(),
+        }
+    }
+
+    /// One start: spawn, read every byte of output, wait; timed end to end.
+    fn run_once(&self) -> Result<Duration, Error> {
+        let start = Instant::now();
+        let out = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()?;
+        let took = start.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().last().unwrap_or("");
+        let ok = out.status.success()
+            && serde_json::from_str::<serde_json::Value>(last)
+                .is_ok_and(|v| v["message"] == "Hello, world!");
+        if !ok {
+            return Err(format!(
+                "{}: {} gave {:?}, stdout {:?}, stderr {:?}",
+                self.name,
+                self.argv
+                    .iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        Ok(took)
+    }
+}
+
+/// `bwrap`, installing bubblewrap with apt-get if it is missing.
+fn find_bwrap() -> Option<OsString> {
+    let found = || {
+        Command::new("sh")
+            .args(["-c", "command -v bwrap"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| OsString::from(String::from_utf8_lossy(&o.stdout).trim().to_string()))
+    };
+    if let Some(b) = found() {
+        return Some(b);
+    }
+    eprintln!(
+        "{BENCH}: bwrap is missing: `apt-get install -y bubblewrap` (the bubblewrap peer needs it)"
+    );
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", "bubblewrap"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("{BENCH}: could not install bubblewrap; the bubblewrap peers are skipped");
+        return None;
+    }
+    found()
+}
+
+/// bubblewrap around the real python3, as tightly as it allows: every
+/// namespace, the interpreter's prefix, /usr and the code dir read-only, its
+/// own /proc, a minimal /dev, a private /tmp.
+fn bwrap_argv(
+    bwrap: &OsString,
+    py: &common::Python,
+    code: &Path,
+    python_flags: &[&str],
+) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec![
+        bwrap.clone(),
+        "--unshare-all".into(),
+        "--die-with-parent".into(),
+    ];
+    let ro = |a: &mut Vec<OsString>, src: &Path, dst: &Path| {
+        a.extend(["--ro-bind".into(), src.into(), dst.into()]);
+    };
+    ro(&mut a, &py.base_prefix, &py.base_prefix);
+    ro(&mut a, Path::new("/usr"), Path::new("/usr"));
+    // /lib, /lib64, /bin, /sbin: symlinks into /usr on a merged-/usr host,
+    // directories elsewhere.
+    for dir in ["/lib", "/lib64", "/lib32", "/bin", "/sbin"] {
+        let p = Path::new(dir);
+        match std::fs::read_link(p) {
+            Ok(target) => a.extend(["--symlink".into(), target.into(), p.into()]),
+            Err(_) if p.is_dir() => ro(&mut a, p, p),
+            Err(_) => {}
+        }
+    }
+    ro(&mut a, code, Path::new("/var/task"));
+    for x in [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--chdir",
+        "/var/task",
+        "--",
+    ] {
+        a.push(x.into());
+    }
+    a.push(py.executable.clone().into());
+    a.extend(python_flags.iter().map(OsString::from));
+    a.extend(["-c".into(), PEER_SCRIPT.into(), "/var/task".into()]);
+    a
+}
+
+fn python_argv(py: &common::Python, code: &Path, python_flags: &[&str]) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec![py.executable.clone().into()];
+    a.extend(python_flags.iter().map(OsString::from));
+    a.extend(["-c".into(), PEER_SCRIPT.into(), code.into()]);
+    a
+}
+
+/// `Init Duration` and `Duration` of the REPORT line of `request_id`.
+fn report_of(
+    client: &mut common::Client,
+    function: &str,
+    request_id: &str,
+) -> Result<(Duration, Duration), Error> {
+    let logs = client.call("GetLogs", json!({"FunctionName": function, "Limit": 16}))?;
+    let lines = logs["Lines"].as_array().ok_or("GetLogs: no Lines")?;
+    let report = lines
+        .iter()
+        .filter_map(|l| l.as_str())
+        .find(|l| l.starts_with("REPORT") && l.contains(request_id))
+        .ok_or_else(|| format!("no REPORT line for {request_id}"))?;
+    let field = |name: &str| -> Result<Duration, Error> {
+        let v = report
+            .split('\t')
+            .find_map(|f| f.trim().strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix(" ms"))
+            .ok_or_else(|| format!("no {name} in {report:?}: not a cold start?"))?;
+        Ok(Duration::from_secs_f64(v.trim().parse::<f64>()? / 1e3))
+    };
+    Ok((field("Init Duration:")?, field("Duration:")?))
+}
+
+/// One lambdalet configuration: the same code deployed with a memory size.
+struct Variant {
+    function: String,
+    memory_mb: u32,
+    total: Vec<Duration>,
+    init: Vec<Duration>,
+    invoke: Vec<Duration>,
+}
+
+impl Variant {
+    fn name(&self) -> String {
+        let vcpu = self.memory_mb as f64 / 1769.0;
+        format!(
+            "**lambdalet**, {} MB ({vcpu:.2} vCPU quota)",
+            self.memory_mb
+        )
+    }
+
+    /// One cold start: retire the warm environment (not timed), let the
+    /// kernel finish its teardown, time the Invoke, read its REPORT line.
+    fn sample(
+        &mut self,
+        client: &mut common::Client,
+        i: usize,
+        settle: Duration,
+    ) -> Result<(), Error> {
+        client.call(
+            "UpdateFunctionConfiguration",
+            json!({"FunctionName": self.function, "Description": format!("cold start {i}")}),
+        )?;
+        std::thread::sleep(settle);
+        let line = format!(
+            "{}\n",
+            json!({"id": i, "op": "Invoke", "params": {"FunctionName": self.function, "Payload": {}}})
+        );
+        let t = Instant::now();
+        client.send(line.as_bytes())?;
+        let answer = client.read_line()?;
+        let took = t.elapsed();
+        let v: serde_json::Value = serde_json::from_slice(answer)?;
+        let r = &v["result"];
+        if r["Payload"]["message"] != "Hello, world!" || r.get("FunctionError").is_some() {
+            return Err(format!("unexpected invoke answer: {v}").into());
+        }
+        let request_id = r["RequestId"].as_str().ok_or("no RequestId")?.to_string();
+        let (init, invoke) = report_of(client, &self.function, &request_id)?;
+        self.total.push(took);
+        self.init.push(init);
+        self.invoke.push(invoke);
+        Ok(())
+    }
+}
+
+fn main() -> Result<(), Error> {
+    common::require_root(BENCH);
+    let samples: usize = common::env_num("COLDSTART_SAMPLES", 200);
+    let settle = Duration::from_millis(common::env_num("COLDSTART_SETTLE_MS", 30));
+    let bin = common::lambdalet_bin()?;
+    let py = common::real_python()?;
+    let code = common::example(FUNCTION);
+    let load_before = common::load_average();
+    eprintln!(
+        "{BENCH}: {samples} samples per method; {} ; python {} at {}; load average {load_before}",
+        bin.display(),
+        py.version,
+        py.executable.display()
+    );
+
+    let sup = common::Supervisor::start(&bin)?;
+    // The default memory size, whose CPU quota (128/1769 of a vCPU) binds
+    // during init, and 1769 MB, one full vCPU: what a peer process gets.
+    let mut variants = Vec::new();
+    for memory_mb in [128, 1769] {
+        let function = format!("{FUNCTION}-{memory_mb}");
+        sup.deploy(&function, &code, memory_mb)?;
+        variants.push(Variant {
+            function,
+            memory_mb,
+            total: Vec::with_capacity(samples),
+            init: Vec::with_capacity(samples),
+            invoke: Vec::with_capacity(samples),
+        });
+    }
+    let mut client = sup.client()?;
+
+    let mut peers = Vec::new();
+    if let Some(bwrap) = find_bwrap() {
+        peers.push(Peer::new(
+            "bubblewrap + python3 -I",
+            bwrap_argv(&bwrap, &py, &code, &["-I"]),
+        ));
+        peers.push(Peer::new(
+            "bubblewrap + python3 -I -S",
+            bwrap_argv(&bwrap, &py, &code, &["-I", "-S"]),
+        ));
+    }
+    peers.push(Peer::new("python3 -I", python_argv(&py, &code, &["-I"])));
+    peers.push(Peer::new(
+        "python3 -I -S",
+        python_argv(&py, &code, &["-I", "-S"]),
+    ));
+    // One untimed run each: the page cache is warm for everyone, and a peer
+    // that cannot run says why before anything is measured.
+    for p in &peers {
+        p.run_once()?;
+    }
+
+    let started = Instant::now();
+    for i in 0..samples {
+        for v in &mut variants {
+            v.sample(&mut client, i, settle)
+                .map_err(|e| format!("{}: {e}\n{}", v.function, sup.log_text()))?;
+        }
+        for p in &mut peers {
+            let d = p.run_once()?;
+            p.samples.push(d);
+        }
+        if (i + 1) % 50 == 0 {
+            eprintln!(
+                "{BENCH}: {}/{samples} ({:.0} s)",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let load_after = common::load_average();
+    drop(client);
+    drop(sup);
+
+    // Ratios are against lambdalet with a full vCPU, as the peers have.
+    let reference = Samples::new(variants.last().expect("two variants").total.clone());
+    let row = |name: &str, s: &Samples| -> Vec<String> {
+        vec![
+            name.to_string(),
+            s.len().to_string(),
+            ms(s.min()),
+            ms(s.pct(50.0)),
+            ms(s.pct(90.0)),
+            ms(s.pct(99.0)),
+            ms(s.max()),
+            ratio(s.pct(50.0), reference.pct(50.0)),
+            ratio(s.pct(99.0), reference.pct(99.0)),
+        ]
+    };
+    let mut rows = Vec::new();
+    for v in &variants {
+        rows.push(row(&v.name(), &Samples::new(v.total.clone())));
+    }
+    for p in &peers {
+        rows.push(row(&p.name, &Samples::new(p.samples.clone())));
+    }
+    let header = [
+        "cold start to first result, ms",
+        "n",
+        "min",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "p50 ÷ lambdalet 1769 MB",
+        "p99 ÷ lambdalet 1769 MB",
+    ];
+
+    let phase = |name: String, s: &Samples| -> Vec<String> {
+        vec![
+            name,
+            ms(s.pct(50.0)),
+            ms(s.pct(90.0)),
+            ms(s.pct(99.0)),
+            ms(s.max()),
+        ]
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "### Cold start ({})\n", common::machine());
+    let _ = writeln!(
+        out,
+        "`cargo bench --bench coldstart` · {samples} samples per method, interleaved · handler examples/hello · \
+         python {} · load average {load_before} before, {load_after} after\n",
+        py.version
+    );
+    out.push_str(&common::table(&header, &rows));
+    let _ = writeln!(
+        out,
+        "\nlambdalet, the supervisor's view (REPORT lines of the same invokes; client-observed = \
+         dispatch + cgroup creation + Init Duration + Duration + reply):\n"
+    );
+    let mut phases = Vec::new();
+    for v in &variants {
+        let mb = v.memory_mb;
+        phases.push(phase(
+            format!("{mb} MB: client-observed Invoke"),
+            &Samples::new(v.total.clone()),
+        ));
+        phases.push(phase(
+            format!("{mb} MB: Init Duration (spawn request sent → environment ready)"),
+            &Samples::new(v.init.clone()),
+        ));
+        phases.push(phase(
+            format!("{mb} MB: Duration (the invoke)"),
+            &Samples::new(v.invoke.clone()),
+        ));
+    }
+    out.push_str(&common::table(
+        &["lambdalet phase, ms", "p50", "p90", "p99", "max"],
+        &phases,
+    ));
+    let _ = writeln!(out, "\nTarget (issue 2): p50 ≤ 5 ms, p99 ≤ 15 ms.");
+    for v in &variants {
+        let s = Samples::new(v.total.clone());
+        let verdict = |d: Duration, limit: u64| {
+            if d <= Duration::from_millis(limit) {
+                "met"
+            } else {
+                "not met"
+            }
+        };
+        let _ = writeln!(
+            out,
+            "- {} MB: p50 {} ms ({}), p99 {} ms ({}).",
+            v.memory_mb,
+            ms(s.pct(50.0)),
+            verdict(s.pct(50.0), 5),
+            ms(s.pct(99.0)),
+            verdict(s.pct(99.0), 15),
+        );
+    }
+    println!("{out}");
+    common::write_results(BENCH, &out);
+    Ok(())
+}
