@@ -128,6 +128,9 @@ pub struct ServeArgs {
     /// The group that owns the socket (give it mode 0660 to let that group in).
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Blank environments kept ready, so a cold start only specialises one.
+    #[arg(long, value_name = "N", default_value_t = crate::supervisor::DEFAULT_PREWARM)]
+    pub prewarm: usize,
 }
 
 /// Where new code comes from: exactly one of `--code` and `--zip-file`.
@@ -485,6 +488,7 @@ fn serve_options(args: ServeArgs, socket: PathBuf) -> ServeOptions {
         keep_alive: Duration::from_secs(args.keep_alive),
         socket_mode: args.socket_mode,
         socket_group: args.socket_group,
+        prewarm: args.prewarm,
     }
 }
 

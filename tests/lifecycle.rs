@@ -1021,7 +1021,7 @@ fn idle_environments_are_reclaimed_after_the_keep_alive() {
     if !require_root() {
         return;
     }
-    let sup = Supervisor::start_with(&["--keep-alive", "1"]);
+    let sup = Supervisor::start_with(&["--keep-alive", "1", "--prewarm", "0"]);
     let mut c = Checks::new("keep-alive");
     sup.create_python("brief", &[("app.py", APP)], "app.handler", json!({}));
     let first = sup.invoke_ok("brief", json!({}));
@@ -1196,6 +1196,50 @@ fn concurrent_invokes_get_their_own_environments() {
     c.check(
         took < Duration::from_millis(1900),
         format_args!("they ran side by side: took {took:?}"),
+    );
+    c.finish();
+}
+
+#[test]
+fn cold_starts_take_a_blank_made_ahead_of_time_and_the_pool_refills() {
+    if !require_root() {
+        return;
+    }
+    let sup = Supervisor::start_with(&["--prewarm", "2"]);
+    let mut c = Checks::new("blank pool");
+    // Two blanks: namespaced, pivoted, waiting for a function. (While one
+    // is made, its short-lived parent is in its cgroup too: wait for n.)
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pids = sup.processes_in_cgroups();
+            if pids.len() == n || Instant::now() > deadline {
+                return pids;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let blanks = wait_for(2);
+    c.eq("blank environments made at start", blanks.len(), 2);
+    // Give the blanks time to finish their set-up (they say "blank" then).
+    std::thread::sleep(Duration::from_millis(500));
+    sup.create_python("pooled", &[("app.py", APP)], "app.handler", json!({}));
+    let r = sup.invoke_ok("pooled", json!({}));
+    let uid = r["uid"].as_u64().unwrap_or(0) as u32;
+    let mine = sup.processes_of_uid(uid);
+    c.check(
+        !mine.is_empty() && mine.iter().all(|p| blanks.contains(p)),
+        format_args!(
+            "the function runs in one of the blanks made before it existed: {mine:?} ⊆ {blanks:?}"
+        ),
+    );
+    // The pool is topped up again: the function's environment and 2 blanks.
+    let after = wait_for(3);
+    c.eq("environments after the refill", after.len(), 3);
+    let logs = sup.logs("pooled");
+    c.check(
+        logs.iter().any(|l| l.contains("Init Duration")),
+        format_args!("the cold start reports an Init Duration: {logs:?}"),
     );
     c.finish();
 }

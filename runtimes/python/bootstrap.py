@@ -1,12 +1,14 @@
 """The worker loop of a Python environment (docs/architecture.md § runtime,
 § Worker channel).
 
-Two parts, named after the side of the fork they run on:
+Three parts, named after the side of the fork they run on:
 
-* ``prepare(runtime)`` runs in the zygote: it checks the spawn request's
+* ``relocate(host, sandbox)`` runs in the zygote: it points the zygote's own
+  modules at their files inside the sandbox (the interpreter's installation
+  is mounted at the sandbox prefix), once, so that no B has to.
+* ``prepare(runtime)`` runs in B, with the specialisation: it checks the
   ``runtime`` section and computes what B applies (sys.path, the interpreter
-  paths under the sandbox prefix), and points the zygote's own modules at
-  their files inside the sandbox, once, so that no B has to.
+  paths under the sandbox prefix).
 * ``main(rt, worker_fd)`` runs in B once the sandbox plan is applied: it makes
   the process look like a fresh interpreter of Lambda's Python runtime (the
   function's environment, sys.path, the ``logging`` setup), imports the
@@ -387,11 +389,29 @@ def _relocate_modules(host, sandbox):
     _relocated = (host, sandbox)
 
 
-def prepare(runtime):
-    """Check the supervisor's `runtime` section and compute what B applies.
+_relocated_given = None
 
-    Raises ValueError naming the field; the zygote then reports
-    spawn_failed without forking."""
+
+def relocate(host, sandbox):
+    """In the zygote, before forking a blank: point the zygote's modules at
+    the interpreter's installation as the sandbox mounts it. `host` must be
+    this interpreter's prefix. Raises ValueError."""
+    global _relocated_given
+    host, sandbox = host.rstrip("/"), sandbox.rstrip("/")
+    if not (host.startswith("/") and sandbox.startswith("/")):
+        raise ValueError("runtime.python_prefix_host/python_prefix_sandbox: expected absolute paths")
+    # Relocation rewrites the zygote's own paths: the prefix must be the
+    # zygote interpreter's, or the sandbox would get paths that do not exist.
+    if os.path.realpath(host) != os.path.realpath(sys.base_prefix):
+        raise ValueError(f"runtime.python_prefix_host: {host} is not this interpreter's prefix {sys.base_prefix}")
+    _relocated_given = os.path.normpath(host)
+    _relocate_modules(sys.base_prefix.rstrip("/"), sandbox)
+
+
+def prepare(runtime):
+    """Check the supervisor's `runtime` section (it arrives in B with the
+    specialisation) and compute what B applies. Raises ValueError naming the
+    field."""
     if type(runtime) is not dict:
         raise ValueError("runtime: expected an object")
     for key in ("handler", "python_prefix_host", "python_prefix_sandbox"):
@@ -403,13 +423,10 @@ def prepare(runtime):
     ):
         raise ValueError("runtime.env: expected an object of strings (names without '=' or NUL)")
     host, sandbox = runtime["python_prefix_host"].rstrip("/"), runtime["python_prefix_sandbox"].rstrip("/")
-    if not (host.startswith("/") and sandbox.startswith("/")):
-        raise ValueError("runtime.python_prefix_host/python_prefix_sandbox: expected absolute paths")
-    # Relocation rewrites the zygote's own paths: the prefix must be the
-    # zygote interpreter's, or the sandbox would get paths that do not exist.
-    if os.path.realpath(host) != os.path.realpath(sys.base_prefix):
-        raise ValueError(f"runtime.python_prefix_host: {host} is not this interpreter's prefix {sys.base_prefix}")
-    host = sys.base_prefix.rstrip("/")
+    # The zygote relocated its modules for this pair before forking (relocate).
+    if _relocated is None or _relocated[1] != sandbox or os.path.normpath(host) not in (_relocated[0], _relocated_given):
+        raise ValueError(f"runtime.python_prefix_*: {host} -> {sandbox} is not the pair the zygote relocated for ({_relocated})")
+    host = _relocated[0]
 
     rt = Runtime()
     rt.handler, rt.env, rt.prefix_host, rt.prefix_sandbox = runtime["handler"], env, host, sandbox
@@ -418,7 +435,6 @@ def prepare(runtime):
     memory = runtime.get("memory_limit_in_mb")
     rt.memory_limit_in_mb = None if memory is None else str(memory)  # a str, as on Lambda
 
-    _relocate_modules(host, sandbox)
     moved = _mover(host, sandbox)
     rt.sys_attrs = [
         (name, moved(getattr(sys, name)))

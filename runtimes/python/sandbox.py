@@ -1,19 +1,23 @@
-"""Apply a sandbox plan: the Python side of docs/architecture.md, steps 1-12.
+"""Apply a sandbox plan: the Python side of docs/architecture.md, steps 1-13.
 
-Three parts, named after the side of the fork they run on:
+Four parts, named after the side of the fork and the moment they run at:
 
-* ``prepare(plan)`` runs in the zygote, before the fork. It checks the plan
-  computed by the supervisor (src/sandbox/plan.rs) and turns it into ready
-  arguments: byte paths already prefixed with ``new_root``, the seccomp
-  program already decoded into a ``struct sock_fprog``. A bad plan is
-  reported as ``spawn_failed`` and nothing is forked.
+* ``prepare(plan)`` runs in the zygote, before the fork. It checks the blank
+  plan computed by the supervisor (src/sandbox/plan.rs) and turns it into
+  ready arguments: byte paths already prefixed with ``new_root``. A bad plan
+  is reported as ``spawn_failed`` and nothing is forked.
 * ``enter_a(plan, log_fd)`` runs in A, the zygote's fresh child (step 1):
   setsid, join the cgroups, unshare, fork B. A exits at once; the call returns
   only in B.
-* ``enter_b(plan, worker_fd, log_fd)`` runs in B (steps 2-12). It does no
-  parsing and makes no decisions: it applies the prepared plan in order. On
-  any failure it prints ``lambdalet: sandbox: <step>: <error>`` to the log
-  pipe and exits 121, before any user code ran.
+* ``enter_blank(plan, worker_fd, log_fd)`` runs in B (steps 2-8): the blank,
+  namespaced and pivoted into the generic root, still root.
+* ``prepare_specialize(spec, cap_last_cap)`` and ``specialize(spec)`` run in
+  B when the supervisor assigns it a function (steps 9-13): the function's
+  code, /tmp, identity and seccomp filter, installed last.
+
+The child makes no decisions: it applies the prepared steps in order. On any
+failure it prints ``lambdalet: sandbox: <step>: <error>`` to the log pipe and
+exits 121, before any user code ran.
 
 Kernel calls go through ctypes on the C library (mount(2), umount2(2),
 unshare(2), prctl(2)) or the raw syscall(2) where libc has no wrapper
@@ -112,16 +116,18 @@ def _check(ret):
 # ---------------------------------------------------------------------------
 
 _PLAN_FIELDS = {
-    "cgroup_procs", "unshare_flags", "new_root", "root_tmpfs_options", "ops",
-    "after_pivot", "hostname", "uid", "gid", "cap_last_cap", "rlimits",
-    "workdir", "seccomp_bpf",
+    "cgroup_procs", "unshare_flags", "new_root", "root_tmpfs_options",
+    "ops", "after_pivot", "hostname", "cap_last_cap",
 }
+_SPEC_FIELDS = {"ops", "uid", "gid", "rlimits", "workdir", "seccomp_bpf"}
 _OP_FIELDS = {
     "mkdir": {"op", "path", "mode"},
     "mount": {"op", "source", "target", "fstype", "flags", "data", "kind"},
     "remount": {"op", "target", "flags"},
     "write": {"op", "path", "content", "mode"},
     "symlink": {"op", "target", "path"},
+    "umount": {"op", "target", "flags"},
+    "rmdir": {"op", "path"},
 }
 _RLIM_INFINITY_JSON = 2**64 - 1  # RLIM_INFINITY as the supervisor's u64
 # Above any fd the zygote can hold: closerange() up to it (one close_range(2)).
@@ -130,13 +136,21 @@ _MAX_FD = _NOFILE_HARD if 0 < _NOFILE_HARD < 2**31 else 2**31 - 1
 
 
 class Plan:
-    """A checked plan, every value in the form the syscalls take."""
+    """A checked blank plan (steps 1-8), every value in the form the
+    syscalls take."""
 
     __slots__ = (
         "cgroup_procs", "unshare_flags", "new_root", "root_tmpfs_options",
-        "ops", "after_pivot", "hostname", "uid", "gid", "cap_last_cap",
-        "rlimits", "workdir", "seccomp_prog", "_seccomp_buf", "cap_header",
-        "cap_data", "max_fd",
+        "ops", "after_pivot", "hostname", "cap_last_cap", "max_fd",
+    )
+
+
+class Spec:
+    """A checked specialisation (steps 9-13)."""
+
+    __slots__ = (
+        "ops", "uid", "gid", "rlimits", "workdir", "seccomp_prog",
+        "_seccomp_buf", "cap_last_cap", "cap_header", "cap_data",
     )
 
 
@@ -204,11 +218,18 @@ def _prepare_ops(ops, what, root):
             if type(op["target"]) is not str or not op["target"] or "\0" in op["target"]:
                 raise ValueError(f"{where}.target: expected a non-empty string")
             out.append((f"symlink {path} -> {op['target']}", kind, (os.fsencode(op["target"]), os.fsencode(root + path))))
+        elif kind == "umount":
+            target = _abs_path(op["target"], f"{where}.target")
+            out.append((f"umount {target}", kind, (os.fsencode(root + target), _int(op["flags"], f"{where}.flags", hi=2**31 - 1))))
+        elif kind == "rmdir":
+            path = _abs_path(op["path"], f"{where}.path")
+            out.append((f"rmdir {path}", kind, (os.fsencode(root + path),)))
     return out
 
 
 def prepare(plan):
-    """Check the supervisor's plan and precompute everything the child needs.
+    """Check the supervisor's blank plan and precompute everything the child
+    needs for steps 1-8.
 
     Raises ValueError naming the offending field; the zygote reports it as
     spawn_failed without forking."""
@@ -234,33 +255,44 @@ def prepare(plan):
     if type(plan["hostname"]) is not str or not 0 < len(plan["hostname"].encode()) <= 64:
         raise ValueError("hostname: expected 1 to 64 bytes")
     p.hostname = plan["hostname"]
-    p.uid = _int(plan["uid"], "uid", lo=1, hi=2**32 - 2)
-    p.gid = _int(plan["gid"], "gid", lo=1, hi=2**32 - 2)
     p.cap_last_cap = _int(plan["cap_last_cap"], "cap_last_cap", hi=63)
-    if type(plan["rlimits"]) is not list:
+    p.max_fd = _MAX_FD
+    return p
+
+
+def prepare_specialize(spec, cap_last_cap):
+    """Check a specialisation (it arrives in B, on the worker channel) and
+    turn it into ready arguments. Raises ValueError naming the field."""
+    if type(spec) is not dict:
+        raise ValueError("sandbox: expected an object")
+    if set(spec) != _SPEC_FIELDS:
+        missing, unknown = _SPEC_FIELDS - set(spec), set(spec) - _SPEC_FIELDS
+        raise ValueError(f"sandbox: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}")
+    p = Spec()
+    p.ops = _prepare_ops(spec["ops"], "ops", "")
+    p.uid = _int(spec["uid"], "uid", lo=1, hi=2**32 - 2)
+    p.gid = _int(spec["gid"], "gid", lo=1, hi=2**32 - 2)
+    if type(spec["rlimits"]) is not list:
         raise ValueError("rlimits: expected a list")
     p.rlimits = []
-    for i, limit in enumerate(plan["rlimits"]):
+    for i, limit in enumerate(spec["rlimits"]):
         if type(limit) is not list or len(limit) != 3:
             raise ValueError(f"rlimits[{i}]: expected [resource, soft, hard]")
         res, soft, hard = (_int(v, f"rlimits[{i}]") for v in limit)
         p.rlimits.append((res, *(resource.RLIM_INFINITY if v == _RLIM_INFINITY_JSON else v for v in (soft, hard))))
-    p.workdir = os.fsencode(_abs_path(plan["workdir"], "workdir"))
-
-    if type(plan["seccomp_bpf"]) is not str:
+    p.workdir = os.fsencode(_abs_path(spec["workdir"], "workdir"))
+    if type(spec["seccomp_bpf"]) is not str:
         raise ValueError("seccomp_bpf: expected base64")
-    bpf = base64.b64decode(plan["seccomp_bpf"], validate=True)
+    bpf = base64.b64decode(spec["seccomp_bpf"], validate=True)
     count, rest = divmod(len(bpf), SOCK_FILTER_SIZE)
     if rest or not 0 < count <= BPF_MAXINSNS:
         raise ValueError(f"seccomp_bpf: {len(bpf)} bytes is not 1..={BPF_MAXINSNS} struct sock_filter")
-    # The buffer lives in the zygote's memory and so at the same address in
-    # the child; keep a reference so it outlives the pointer in the fprog.
+    # Keep a reference so the buffer outlives the pointer in the fprog.
     p._seccomp_buf = ctypes.create_string_buffer(bpf, len(bpf))
     p.seccomp_prog = _SockFprog(count, ctypes.addressof(p._seccomp_buf))
-
+    p.cap_last_cap = cap_last_cap
     p.cap_header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
     p.cap_data = (_CapData * 2)()  # all zero: no effective, permitted or inheritable caps
-    p.max_fd = _MAX_FD
     return p
 
 
@@ -343,6 +375,10 @@ def _run_ops(ops):
                 _write_all(path, content, os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
             elif kind == "symlink":
                 os.symlink(*args)
+            elif kind == "umount":
+                _check(_umount2(*args))
+            elif kind == "rmdir":
+                os.rmdir(*args)
         except OSError as err:
             raise _StepError(label, err) from None
 
@@ -377,8 +413,11 @@ def enter_a(plan, log_fd):
     return None
 
 
-def enter_b(plan, worker_fd, log_fd):
-    """Steps 2-12, in B. Returns the worker socket's fd; exits 121 on failure."""
+def enter_blank(plan, worker_fd, log_fd):
+    """Steps 2-8, in B: a blank environment, namespaced and pivoted into its
+    root, still root, with every function's code bound read-only at a private
+    path until B is specialised. Returns the worker socket's fd; exits 121 on
+    failure."""
     err_fd = log_fd
     step = "stdio"
     try:
@@ -415,8 +454,10 @@ def enter_b(plan, worker_fd, log_fd):
         _run_ops(plan.ops)
 
         # 6. Swap roots and detach the old one: after this no host path is
-        # reachable. pivot_root(".", ".") stacks the old root on the new one;
-        # umount2(MNT_DETACH) of "." then removes it (pivot_root(2), NOTES).
+        # reachable but what the ops bound (the functions' code, until the
+        # specialisation). pivot_root(".", ".") stacks the old root on the
+        # new one; umount2(MNT_DETACH) of "." then removes it (pivot_root(2),
+        # NOTES).
         step = "chdir new root"
         os.chdir(plan.new_root)
         step = "pivot_root"
@@ -426,8 +467,8 @@ def enter_b(plan, worker_fd, log_fd):
         step = "chdir /"
         os.chdir(b"/")
 
-        # 7. What can only be done inside the new root (making "/" read-only
-        # had to wait until every op wrote into it).
+        # 7. What can only be done inside the new root: /proc of this PID
+        # namespace, its masks.
         _run_ops(plan.after_pivot)
 
         # 8. UTS and network namespace setup needs CAP_SYS_ADMIN and
@@ -440,46 +481,62 @@ def enter_b(plan, worker_fd, log_fd):
             flags = IFREQ_FLAGS.unpack(ifreq)[1]
             if not flags & IFF_UP:  # already up with the host network: leave it alone
                 fcntl.ioctl(sock, SIOCSIFFLAGS, IFREQ_FLAGS.pack(b"lo", flags | IFF_UP))
+    except _StepError as err:
+        _fail(err_fd, err.step, err.err)
+    except Exception as err:  # an OSError, or a bug: either way no user code runs
+        _fail(err_fd, step, err)
+    return worker_fd
 
-        # 9. Raising a hard limit needs CAP_SYS_RESOURCE: before the drop.
-        for res, soft, hard in plan.rlimits:
+
+def specialize(spec):
+    """Steps 9-13, in B, when a function is assigned to the blank: its code,
+    its /tmp, its identity, its filter. Exits 121 on failure, before any user
+    code ran."""
+    step = "specialize"
+    try:
+        # 9. The function's tree: bind its code, detach every other
+        # function's, /etc/passwd, /tmp, and the root made read-only last,
+        # since the steps before write it.
+        _run_ops(spec.ops)
+
+        # 10. Raising a hard limit needs CAP_SYS_RESOURCE: before the drop.
+        for res, soft, hard in spec.rlimits:
             step = f"setrlimit {res}"
             resource.setrlimit(res, (soft, hard))
 
-        # 10. Capabilities and identity. The bounding set needs
+        # 11. Capabilities and identity. The bounding set needs
         # CAP_SETPCAP, and setgroups/setresgid need CAP_SETGID: all before
         # setresuid, which clears the permitted and effective sets. capset
         # then clears the inheritable set, and with it the ambient set
         # (capabilities(7)). no_new_privs keeps execve from regaining any,
         # and lets an unprivileged process install a seccomp filter.
         step = "drop bounding set"
-        for cap in range(plan.cap_last_cap + 1):
+        for cap in range(spec.cap_last_cap + 1):
             _check(_prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
         step = "setgroups"
         os.setgroups([])
         step = "setresgid"
-        os.setresgid(plan.gid, plan.gid, plan.gid)
+        os.setresgid(spec.gid, spec.gid, spec.gid)
         step = "setresuid"
-        os.setresuid(plan.uid, plan.uid, plan.uid)
+        os.setresuid(spec.uid, spec.uid, spec.uid)
         step = "capset"
-        _check(_syscall(ctypes.c_long(_NR["capset"]), ctypes.byref(plan.cap_header), ctypes.byref(plan.cap_data)))
+        _check(_syscall(ctypes.c_long(_NR["capset"]), ctypes.byref(spec.cap_header), ctypes.byref(spec.cap_data)))
         step = "no_new_privs"
         _check(_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 
-        # 11.
+        # 12.
         step = "chdir workdir"
-        os.chdir(plan.workdir)
+        os.chdir(spec.workdir)
 
-        # 12. Last, so every step above may use syscalls the filter refuses.
+        # 13. Last, so every step above may use syscalls the filter refuses.
         step = "seccomp"
         _check(_syscall(
             ctypes.c_long(_NR["seccomp"]),
             ctypes.c_long(SECCOMP_SET_MODE_FILTER),
             ctypes.c_long(0),
-            ctypes.byref(plan.seccomp_prog),
+            ctypes.byref(spec.seccomp_prog),
         ))
     except _StepError as err:
-        _fail(err_fd, err.step, err.err)
+        _fail(2, err.step, err.err)
     except Exception as err:  # an OSError, or a bug: either way no user code runs
-        _fail(err_fd, step, err)
-    return worker_fd
+        _fail(2, step, err)

@@ -7,7 +7,9 @@ user code, freezes its heap, says hello, and then forks one child per spawn
 request:
 
     zygote ── fork ──► A: sandbox.enter_a: setsid, cgroups, unshare, fork ──► B
-                       A: _exit(0)                  B: sandbox.enter_b, bootstrap.main
+                       A: _exit(0)          B: sandbox.enter_blank, says "blank",
+                                               waits for "specialize": sandbox.specialize,
+                                               bootstrap.prepare, bootstrap.main
 
 The zygote stays single-threaded (fork(2) copies only the calling thread), is
 not a child subreaper (B goes to the supervisor when A exits), reaps A on
@@ -26,7 +28,6 @@ import gc
 # keeps the children's collectors off the zygote's objects (gc.freeze docs).
 gc.disable()
 
-import ctypes
 import importlib.util
 import json
 import os
@@ -75,32 +76,6 @@ for _name, _module in list(sys.modules.items()):
     if "/site-packages/" in _file or "/dist-packages/" in _file:
         del sys.modules[_name]
 del _name, _module, _file
-
-_ASCII_HEADER = sys.getsizeof("") - 1  # sizeof(PyASCIIObject): where a compact ASCII str's bytes start
-
-
-def _scrub(text, owners):
-    """Overwrite the characters of a str the zygote no longer needs.
-
-    Every environment is a fork of this process: a string freed here keeps
-    its bytes in the heap that the next child inherits, and spawn requests
-    carry a function's environment variables (secrets). Only compact ASCII
-    strings that nobody but the caller's `owners` references refer to are
-    touched (never a shared or cached one); anything else is left as is."""
-    # + 2: this argument and getrefcount's own.
-    if type(text) is str and len(text) > 1 and text.isascii() and sys.getrefcount(text) <= owners + 2:
-        ctypes.memset(id(text) + _ASCII_HEADER, 0, len(text))
-
-
-def _forget_env(request):
-    """The function's environment variables (its secrets) have no business
-    in the zygote's heap once the child has its copy."""
-    runtime = request.get("runtime") if type(request) is dict else None
-    env = runtime.get("env") if type(runtime) is dict else None
-    if type(env) is dict:
-        for value in env.values():
-            _scrub(value, 2)  # owned by the dict and `value`
-
 
 def _send(chan, obj):
     chan.send(json.dumps(obj, separators=(",", ":")).encode())
@@ -175,15 +150,9 @@ class Zygote:
                 raise ValueError(f"spawn request over {MAX_DATAGRAM} bytes")
             if flags & socket.MSG_CTRUNC or len(fds) != SPAWN_FDS:
                 raise ValueError(f"expected {SPAWN_FDS} fds, got {len(fds)}")
-            try:
-                text = str(self.view[:n], "utf-8")
-            finally:
-                self.buf[:n] = bytes(n)  # from here on the request lives only in `text`
-            try:
-                request = json.loads(text)
-            finally:
-                _scrub(text, 1)
-                del text
+            # A spawn request holds no secrets: a function's environment
+            # reaches its environment only, with the specialisation.
+            request = json.loads(str(self.view[:n], "utf-8"))
             if type(request) is not dict or request.get("t") != "spawn":
                 raise ValueError("expected {\"t\":\"spawn\",...}")
             env_id = request.get("env_id")
@@ -191,22 +160,23 @@ class Zygote:
                 env_id = ""
                 raise ValueError("env_id: expected a string")
             plan = sandbox.prepare(request.get("sandbox"))
-            runtime = bootstrap.prepare(request.get("runtime"))
+            runtime = request.get("runtime")
+            if type(runtime) is not dict:
+                raise ValueError("runtime: expected an object")
+            bootstrap.relocate(str(runtime.get("python_prefix_host")), str(runtime.get("python_prefix_sandbox")))
         except (ValueError, UnicodeDecodeError) as e:
             _close_fds(fds)
             _send(self.chan, {"t": "spawn_failed", "env_id": env_id, "error": f"bad spawn request: {e}"})
-            _forget_env(request)
             return True
 
-        pid = self.fork(plan, runtime, fds, env_id)
+        pid = self.fork(plan, fds, env_id)
         _close_fds(fds)  # the child has its copies; the supervisor watches them
         if pid is not None:
             self.children[pid] = env_id
             _send(self.chan, {"t": "spawned", "env_id": env_id, "pid": pid})
-        _forget_env(request)
         return True
 
-    def fork(self, plan, runtime, fds, env_id):
+    def fork(self, plan, fds, env_id):
         # Everything allocated since the last fork is frozen too, so the
         # child's collector never walks (and un-shares) the zygote's objects.
         gc.freeze()
@@ -218,11 +188,12 @@ class Zygote:
             _send(self.chan, {"t": "spawn_failed", "env_id": env_id, "error": f"fork: {e}"})
             return None
         if pid == 0:
-            self.run_child(plan, runtime, *fds)  # never returns
+            self.run_child(plan, *fds)  # never returns
         return pid
 
-    def run_child(self, plan, runtime, worker_fd, log_fd):
-        """A, then B. Never returns into the zygote's loop."""
+    def run_child(self, plan, worker_fd, log_fd):
+        """A, then B: a blank, then the function's environment once the
+        supervisor specialises it. Never returns into the zygote's loop."""
         code = 1
         try:
             # Nothing of the zygote's own plumbing goes along.
@@ -232,7 +203,15 @@ class Zygote:
             os.close(self.wake_w)
             self.chan.close()
             sandbox.enter_a(plan, log_fd)  # A exits in there; B returns
-            worker_fd = sandbox.enter_b(plan, worker_fd, log_fd)
+            worker_fd = sandbox.enter_blank(plan, worker_fd, log_fd)
+            spec, runtime = _await_specialization(worker_fd)
+            try:
+                spec = sandbox.prepare_specialize(spec, plan.cap_last_cap)
+                runtime = bootstrap.prepare(runtime)
+            except ValueError as e:
+                print(f"lambdalet: sandbox: bad specialisation: {e}", file=sys.stderr, flush=True)
+                os._exit(sandbox.EXIT_SANDBOX_FAILED)
+            sandbox.specialize(spec)
             bootstrap.main(runtime, worker_fd)
         except SystemExit as e:
             code = e.code if type(e.code) is int else (0 if e.code is None else 1)
@@ -250,6 +229,27 @@ class Zygote:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
+
+
+def _await_specialization(worker_fd):
+    """In a blank B: say so, then wait for the one line that assigns it a
+    function (docs/architecture.md § Worker channel). The supervisor sends
+    nothing else before the environment is ready, so no byte past that line
+    can have been read."""
+    os.write(worker_fd, b'{"t":"blank"}\n')
+    parts = []
+    while True:
+        chunk = os.read(worker_fd, 65536)
+        if not chunk:
+            os._exit(0)  # the supervisor gave up this blank
+        parts.append(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    msg = json.loads(b"".join(parts))
+    if type(msg) is not dict or msg.get("t") != "specialize":
+        print(f"lambdalet: sandbox: expected a specialize line, got {str(msg)[:200]}", file=sys.stderr, flush=True)
+        os._exit(sandbox.EXIT_SANDBOX_FAILED)
+    return msg.get("sandbox"), msg.get("runtime")
 
 
 def main():

@@ -267,6 +267,11 @@ impl Registry {
         Ok(registry)
     }
 
+    /// `<state_dir>/functions` (canonical): every code revision is below it.
+    pub fn functions_dir(&self) -> &Path {
+        &self.functions_dir
+    }
+
     /// The function called `name` (or of that ARN).
     pub fn get(&self, name: &str) -> Option<&Function> {
         self.functions.get(config::function_name(name).ok()?)

@@ -498,6 +498,41 @@ impl EnvCgroup {
         }
     }
 
+    /// Sets every limit: a blank made ahead of time gets its function's when it
+    /// is specialised.
+    pub fn set_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
+        match &self.dirs {
+            EnvDirs::V1 { memory, .. } => {
+                // memory+swap must never be below memory (cgroup-v1/memory.rst
+                // 2.4): raise it first, lower it last.
+                let limit = memory.join("memory.limit_in_bytes");
+                let memsw = memory.join("memory.memsw.limit_in_bytes");
+                let current = read_u64(&limit).map_err(|source| CgroupError::ReadFile {
+                    path: limit.clone(),
+                    source,
+                })?;
+                let bytes = limits.memory_bytes.to_string();
+                let has_memsw = memsw.exists();
+                if has_memsw && limits.memory_bytes >= current {
+                    write_checked(&memsw, &bytes)?;
+                }
+                write_checked(&limit, &bytes)?;
+                if has_memsw && limits.memory_bytes < current {
+                    write_checked(&memsw, &bytes)?;
+                }
+            }
+            EnvDirs::V2 { dir } => {
+                write_checked(&dir.join("memory.max"), &limits.memory_bytes.to_string())?
+            }
+        }
+        self.set_cpu(limits)?;
+        let pids = match &self.dirs {
+            EnvDirs::V1 { pids, .. } => pids.join("pids.max"),
+            EnvDirs::V2 { dir } => dir.join("pids.max"),
+        };
+        write_checked(&pids, &limits.pids_max.to_string())
+    }
+
     /// Sets the CPU quota (the function's own after its init phase).
     pub fn set_cpu(&self, limits: &Limits) -> Result<(), CgroupError> {
         match &self.dirs {

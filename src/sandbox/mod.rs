@@ -9,16 +9,18 @@
 //! - [`cgroup`]: one cgroup per environment on cgroup v2 or v1 (hybrid hosts),
 //!   its limits, measurements (peak memory, OOM kills), kill and removal;
 //! - [`seccomp`]: the policy in `seccomp/` compiled to BPF bytes;
-//! - [`plan`]: the sandbox plan (mounts, namespaces, ids, rlimits, filter),
-//!   rendered once per function revision and filled in per environment.
+//! - [`plan`]: the sandbox plan in two halves: the blank (namespaces, the
+//!   generic root), rendered once, and the specialisation (code, /tmp, ids,
+//!   rlimits, filter), rendered once per function revision.
 //!
 //! The order at startup: `HostPython::discover`, `HostLayout::discover`,
 //! `cgroup::CgroupManager::detect` → `prepare` → `remove_stale` (before any child
 //! process exists: on v2 the supervisor may move itself into a leaf cgroup),
-//! `seccomp::default_filter`. Per function revision: `plan::PlanTemplate::new`.
-//! Per environment: `CgroupManager::create` (off the critical path where
-//! possible), `PlanTemplate::for_env(env_id, env_cgroup.procs_files())`, spawn;
-//! when it ends, `EnvCgroup::remove`.
+//! `seccomp::default_filter`, `plan::BlankTemplate::new`. Per blank:
+//! `CgroupManager::create`, `BlankTemplate::for_env(env_id,
+//! env_cgroup.procs_files())`, spawn. Per function revision:
+//! `plan::SpecTemplate::new`; per cold start `EnvCgroup::set_limits` and the
+//! template's plan. When an environment ends, `EnvCgroup::remove`.
 
 pub mod cgroup;
 pub mod host;

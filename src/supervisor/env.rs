@@ -25,19 +25,31 @@ pub const MAX_LOG_LINE: usize = 256 * 1024;
 /// flooding function cannot monopolise the loop.
 pub const LOG_READ_BUDGET: usize = 1024 * 1024;
 
-/// Lifecycle of an environment. Transitions: Starting → Idle (ready) or Dead
+/// Lifecycle of an environment. Transitions: Blank (starting) → Blank (ready)
+/// or, when it was made for a waiting invoke, straight to Starting; Blank →
+/// Starting (specialised for a function); Starting → Idle (ready) or Dead
 /// (init failed); Idle → Busy (invoke) or Dead (reclaimed); Busy → Idle
-/// (response) or Dead (timeout, crash, out of memory).
+/// (response) or Dead (timeout, crash, out of memory). Any → Dead on delete or
+/// shutdown.
 #[derive(Debug)]
 pub enum EnvState {
+    /// Made ahead of time, no function yet: `ready` once it said `blank`.
+    Blank {
+        ready: bool,
+    },
+    /// Specialised for a function, its init phase running.
     Starting,
-    Idle { since: Instant },
+    Idle {
+        since: Instant,
+    },
     Busy(Box<Invocation>),
 }
 
 impl EnvState {
     pub fn name(&self) -> &'static str {
         match self {
+            EnvState::Blank { ready: false } => "blank (starting)",
+            EnvState::Blank { ready: true } => "blank",
             EnvState::Starting => "starting",
             EnvState::Idle { .. } => "idle",
             EnvState::Busy(_) => "busy",
@@ -48,6 +60,7 @@ impl EnvState {
 pub struct Env {
     pub id: u64,
     pub env_id: String,
+    /// The function it runs; empty while it is a blank.
     pub function: String,
     /// The function revision (code and configuration) this environment runs.
     pub revision_id: String,
@@ -64,7 +77,14 @@ pub struct Env {
     pub cgroup: Option<EnvCgroup>,
     /// The function's limits (the cgroup has init's CPU boost until ready).
     pub limits: Limits,
+    /// Where its cold start began: its spawn, or its specialisation if it
+    /// was a blank made ahead of time.
     pub spawned_at: Instant,
+    /// When its current phase (blank start-up, init) began, for the init
+    /// deadline.
+    pub phase_started: Instant,
+    /// The function a blank was made for (an invoke is waiting for it).
+    pub reserved_for: Option<String>,
     /// Set when the environment became ready; reported by its first invoke.
     pub init_duration: Option<Duration>,
     pub zygote_generation: u64,
@@ -91,11 +111,6 @@ pub struct WorkerLine<'a> {
 pub struct NewEnv {
     pub id: u64,
     pub env_id: String,
-    pub function: String,
-    pub revision_id: String,
-    pub code_revision: u64,
-    pub memory_mb: u32,
-    pub timeout: Duration,
     pub worker: OwnedFd,
     pub worker_token: Token,
     pub log: OwnedFd,
@@ -104,6 +119,7 @@ pub struct NewEnv {
     pub cgroup: EnvCgroup,
     pub limits: Limits,
     pub zygote_generation: u64,
+    pub reserved_for: Option<String>,
 }
 
 impl Env {
@@ -113,12 +129,12 @@ impl Env {
         Env {
             id: n.id,
             env_id: n.env_id,
-            function: n.function,
-            revision_id: n.revision_id,
-            code_revision: n.code_revision,
-            memory_mb: n.memory_mb,
-            timeout: n.timeout,
-            state: EnvState::Starting,
+            function: String::new(),
+            revision_id: String::new(),
+            code_revision: 0,
+            memory_mb: 0,
+            timeout: Duration::ZERO,
+            state: EnvState::Blank { ready: false },
             worker,
             worker_token: n.worker_token,
             log,
@@ -128,6 +144,8 @@ impl Env {
             cgroup: Some(n.cgroup),
             limits: n.limits,
             spawned_at: Instant::now(),
+            phase_started: Instant::now(),
+            reserved_for: n.reserved_for,
             init_duration: None,
             zygote_generation: n.zygote_generation,
             retire: false,

@@ -17,6 +17,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/lambdalet";
 pub const DEFAULT_SOCKET: &str = "/run/lambdalet/lambdalet.sock";
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(600);
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+/// Blanks kept ready: enough for a few concurrent cold starts, few enough
+/// that an idle host holds only some MB for them.
+pub const DEFAULT_PREWARM: usize = 4;
 
 /// `lambdalet serve` options.
 #[derive(Debug, Clone)]
@@ -28,6 +31,8 @@ pub struct ServeOptions {
     pub keep_alive: Duration,
     pub socket_mode: u32,
     pub socket_group: Option<String>,
+    /// Blank environments kept ready for cold starts.
+    pub prewarm: usize,
 }
 
 /// Run the supervisor until SIGTERM or SIGINT.

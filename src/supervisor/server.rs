@@ -32,7 +32,8 @@ use crate::protocol::{
 use crate::registry::{Function, Registry};
 use crate::sandbox::cgroup::{CgroupManager, Limits};
 use crate::sandbox::host::{self, HostLayout, HostPython};
-use crate::sandbox::plan::{PlanTemplate, TemplateInputs};
+use crate::sandbox::plan::LANG_DIR;
+use crate::sandbox::plan::{BlankInputs, BlankTemplate, SpecInputs, SpecTemplate};
 use crate::sandbox::seccomp;
 
 const LISTENER: Token = Token(0);
@@ -51,6 +52,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_CONN_BACKLOG: usize = 16 * 1024 * 1024;
 /// Account-wide concurrency (DESIGN.md § Invocations), i.e. environments.
 const ACCOUNT_CONCURRENCY: usize = 1000;
+/// How long to wait before making blanks again after one failed.
+const BLANK_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a runtime that closed its channel may take to exit.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for environments to be reaped.
@@ -105,7 +108,9 @@ struct Pool {
     idle: Vec<u64>,
     starting: usize,
     pending: VecDeque<Invocation>,
-    template: Option<(String, PlanTemplate, Box<RawValue>)>,
+    /// The specialisation of the function's current revision, and its
+    /// runtime section: (revision id, template, runtime).
+    template: Option<(String, SpecTemplate, Box<RawValue>)>,
 }
 
 pub struct Supervisor {
@@ -116,15 +121,19 @@ pub struct Supervisor {
     registry: Registry,
     cgroups: CgroupManager,
     python: HostPython,
-    host_layout: HostLayout,
     host_cpus: u32,
-    cap_last_cap: u32,
     seccomp_bpf: Vec<u8>,
     logs: LogStore,
     runtime_dir: PathBuf,
-    rootfs_dir: PathBuf,
     zygote: Option<Zygote>,
     zygote_generation: u64,
+    /// How blanks are made, and the runtime section of their spawn request.
+    blank_template: BlankTemplate,
+    blank_runtime: Box<RawValue>,
+    /// Blanks ready to be specialised, and no blank is made before this
+    /// instant (after one failed, so a broken host does not spin).
+    blanks: Vec<u64>,
+    blank_backoff_until: Instant,
     conns: HashMap<Token, Conn>,
     owners: HashMap<Token, Owner>,
     envs: HashMap<u64, Env>,
@@ -132,6 +141,8 @@ pub struct Supervisor {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     next_token: usize,
     next_env: u64,
+    /// Names this run's environments (`<run_id>-<n>`).
+    run_id: String,
     next_timer: u64,
     /// Environments whose log pipe still has data past the read budget.
     log_backlog: Vec<u64>,
@@ -210,10 +221,26 @@ impl Supervisor {
         sigs.thread_block()?;
         let signals = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
 
+        let host_layout = HostLayout::discover(Path::new("/"))?;
+        let cap_last_cap = host::cap_last_cap(Path::new("/proc"))?;
+        let functions_dir = registry.functions_dir().to_path_buf();
+        let blank_template = BlankTemplate::new(&BlankInputs {
+            new_root: &rootfs_dir,
+            functions_dir: &functions_dir,
+            python: &python,
+            cap_last_cap,
+            host: &host_layout,
+            host_network: false,
+        })?;
+        let blank_runtime = RawValue::from_string(
+            serde_json::json!({
+                "python_prefix_host": python.base_prefix,
+                "python_prefix_sandbox": LANG_DIR,
+            })
+            .to_string(),
+        )?;
         let mut sup = Supervisor {
-            host_layout: HostLayout::discover(Path::new("/"))?,
             host_cpus: host::host_cpus(),
-            cap_last_cap: host::cap_last_cap(Path::new("/proc"))?,
             opts,
             poll,
             listener,
@@ -224,9 +251,12 @@ impl Supervisor {
             seccomp_bpf,
             logs,
             runtime_dir,
-            rootfs_dir,
             zygote: None,
             zygote_generation: 0,
+            blank_template,
+            blank_runtime,
+            blanks: Vec::new(),
+            blank_backoff_until: Instant::now(),
             conns: HashMap::new(),
             owners: HashMap::new(),
             envs: HashMap::new(),
@@ -234,6 +264,7 @@ impl Supervisor {
             timers: BinaryHeap::new(),
             next_token: FIRST_DYNAMIC,
             next_env: 1,
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
             next_timer: 1,
             log_backlog: Vec::new(),
             dying: HashMap::new(),
@@ -248,6 +279,7 @@ impl Supervisor {
             .registry()
             .register(&mut SourceFd(&sfd), SIGNALS, Interest::READABLE)?;
         sup.start_zygote()?;
+        sup.refill_blanks();
         sup.add_timer(HOUSEKEEPING, Timer::Housekeeping);
         Ok(sup)
     }
@@ -837,55 +869,51 @@ impl Supervisor {
                 }
                 return;
             }
-            if let Err(e) = self.spawn_env(function) {
-                info!("cannot start an environment for {function}: {e}");
-                let pool = self.pools.get_mut(function).expect("exists");
-                if let Some(inv) = pool.pending.pop_front() {
-                    self.answer_error(
-                        inv,
-                        WireError::service(format!("cannot start an environment: {e}")),
-                    );
+            let started = match self.blanks.pop() {
+                Some(blank) => self
+                    .specialize(blank, function)
+                    .inspect_err(|_| self.destroy_env(blank, EndReason::Failed)),
+                None => self.spawn_blank(Some(function.to_string())).map(|_| ()),
+            };
+            let pool = self.pools.get_mut(function).expect("exists");
+            match started {
+                Ok(()) => pool.starting += 1,
+                Err(e) => {
+                    info!("cannot start an environment for {function}: {e}");
+                    if let Some(inv) = pool.pending.pop_front() {
+                        self.answer_error(
+                            inv,
+                            WireError::service(format!("cannot start an environment: {e}")),
+                        );
+                    }
                 }
             }
         }
+        // Blanks taken here are replaced once the environments they became
+        // are ready (or at the next housekeeping): making one now would
+        // compete with those cold starts for the CPU.
+        if self.blanks.is_empty() && self.opts.prewarm > 0 {
+            self.refill_blanks();
+        }
     }
 
-    fn spawn_env(&mut self, function: &str) -> Result<(), Box<dyn std::error::Error>> {
-        let f = self
-            .registry
-            .get(function)
-            .ok_or_else(|| format!("function {function} vanished"))?;
-        let spec = f.spec.clone();
-        let (revision_id, code_revision) = (f.revision_id.clone(), f.code_revision);
-        let pool = self.pools.entry(function.to_string()).or_default();
-        if pool
-            .template
-            .as_ref()
-            .is_none_or(|(rev, _, _)| *rev != revision_id)
-        {
-            let template = PlanTemplate::new(&TemplateInputs {
-                new_root: &self.rootfs_dir,
-                code_dir: &f.code_dir,
-                python: &self.python,
-                uid: f.uid,
-                gid: f.uid,
-                tmp_mb: spec.ephemeral_mb,
-                seccomp_bpf: &self.seccomp_bpf,
-                cap_last_cap: self.cap_last_cap,
-                host: &self.host_layout,
-                host_network: false,
-            })?;
-            let runtime = runtime_section(&spec, &self.python);
-            pool.template = Some((revision_id.clone(), template, runtime));
-        }
+    /// Start a blank environment: namespaced and pivoted into the generic
+    /// root by the zygote's child, waiting to be given a function. Made ahead
+    /// of time (`--prewarm`), or for `reserved_for` when none was ready.
+    fn spawn_blank(
+        &mut self,
+        reserved_for: Option<String>,
+    ) -> Result<u64, Box<dyn std::error::Error>> {
         let id = self.next_env;
         self.next_env += 1;
-        let env_id = format!("e{id}");
-
-        let limits = Limits::for_function(spec.memory_mb, self.host_cpus);
-        let cgroup = self
-            .cgroups
-            .create(&env_id, &limits.for_init(self.host_cpus))?;
+        // Unique across runs too: a restart must not reuse the cgroup name
+        // of an environment a killed run left behind.
+        let env_id = format!("{}-{id}", self.run_id);
+        // The smallest function's memory with init's CPU: the blank itself
+        // needs a few MB; its function's limits come with the specialisation.
+        let limits = Limits::for_function(*crate::config::MEMORY_MB.start(), self.host_cpus)
+            .for_init(self.host_cpus);
+        let cgroup = self.cgroups.create(&env_id, &limits)?;
 
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -900,21 +928,17 @@ impl Supervisor {
         // Only our end is non-blocking: the function's stdout stays blocking.
         zygote::set_nonblocking(log_r.as_raw_fd())?;
 
-        let pool = self.pools.get_mut(function).expect("exists");
-        let (_, template, runtime) = pool.template.as_ref().expect("just set");
-        let plan = template.for_env(&env_id, cgroup.procs_files());
-        let message = spawn_message(&env_id, &plan, runtime)?;
-
-        let zygote = self
-            .zygote
-            .as_mut()
-            .ok_or("the python zygote is not running")?;
+        let plan = self.blank_template.for_env(&env_id, cgroup.procs_files());
+        let message = spawn_message(&env_id, &plan, &self.blank_runtime)?;
+        let Some(zygote) = self.zygote.as_mut() else {
+            let _ = cgroup.remove();
+            return Err("the python zygote is not running".into());
+        };
         let generation = zygote.generation;
         if let Err(e) = zygote.spawn(message, [theirs, log_w]) {
             let _ = cgroup.remove();
             return Err(e.into());
         }
-        pool.starting += 1;
 
         let worker_token = self.token(Owner::Worker(id));
         let log_token = self.token(Owner::Log(id));
@@ -922,11 +946,6 @@ impl Supervisor {
         let mut env = Env::new(NewEnv {
             id,
             env_id,
-            function: function.to_string(),
-            revision_id,
-            code_revision,
-            memory_mb: spec.memory_mb,
-            timeout: Duration::from_secs(u64::from(spec.timeout_s)),
             worker: ours,
             worker_token,
             log: log_r,
@@ -935,6 +954,7 @@ impl Supervisor {
             cgroup,
             limits,
             zygote_generation: generation,
+            reserved_for,
         });
         self.poll
             .registry()
@@ -944,7 +964,82 @@ impl Supervisor {
             .register(&mut env.log, log_token, Interest::READABLE)?;
         self.envs.insert(id, env);
         self.add_timer(INIT_TIMEOUT, Timer::InitDeadline(id));
+        Ok(id)
+    }
+
+    /// Give the blank `id` to `function`: its limits, then one line with its
+    /// code, /tmp, identity and filter (the specialisation) and its runtime
+    /// section. The environment answers `ready` or `init_error`.
+    fn specialize(&mut self, id: u64, function: &str) -> Result<(), Box<dyn std::error::Error>> {
+        let f = self
+            .registry
+            .get(function)
+            .ok_or_else(|| format!("function {function} vanished"))?;
+        let spec = f.spec.clone();
+        let (revision_id, code_revision) = (f.revision_id.clone(), f.code_revision);
+        let pool = self.pools.entry(function.to_string()).or_default();
+        if pool
+            .template
+            .as_ref()
+            .is_none_or(|(rev, _, _)| *rev != revision_id)
+        {
+            let template = SpecTemplate::new(&SpecInputs {
+                functions_dir: self.registry.functions_dir(),
+                code_dir: &f.code_dir,
+                uid: f.uid,
+                gid: f.uid,
+                tmp_mb: spec.ephemeral_mb,
+                seccomp_bpf: &self.seccomp_bpf,
+            })?;
+            let runtime = runtime_section(&spec, &self.python);
+            pool.template = Some((revision_id.clone(), template, runtime));
+        }
+        let (_, template, runtime) = pool.template.as_ref().expect("just set");
+        let line = specialize_line(template.plan(), runtime)?;
+        let limits = Limits::for_function(spec.memory_mb, self.host_cpus);
+        let env = self.envs.get_mut(&id).ok_or("the blank vanished")?;
+        if let Some(cg) = env.cgroup.as_ref() {
+            cg.set_limits(&limits.for_init(self.host_cpus))?;
+        }
+        env.function = function.to_string();
+        env.revision_id = revision_id;
+        env.code_revision = code_revision;
+        env.memory_mb = spec.memory_mb;
+        env.timeout = Duration::from_secs(u64::from(spec.timeout_s));
+        env.limits = limits;
+        // A blank made for this invoke counts from its spawn; a pooled
+        // blank's cold start begins now.
+        if env.reserved_for.take().is_none() {
+            env.spawned_at = Instant::now();
+        }
+        env.phase_started = Instant::now();
+        env.state = EnvState::Starting;
+        env.send_line(&line)?;
+        self.add_timer(INIT_TIMEOUT, Timer::InitDeadline(id));
         Ok(())
+    }
+
+    /// Keep `--prewarm` blanks ready or on their way.
+    fn refill_blanks(&mut self) {
+        if self.shutting_down || Instant::now() < self.blank_backoff_until {
+            return;
+        }
+        let on_the_way = self
+            .envs
+            .values()
+            .filter(|e| {
+                matches!(e.state, EnvState::Blank { ready: false }) && e.reserved_for.is_none()
+            })
+            .count();
+        let mut have = self.blanks.len() + on_the_way;
+        while have < self.opts.prewarm && self.envs.len() < ACCOUNT_CONCURRENCY {
+            if let Err(e) = self.spawn_blank(None) {
+                info!("cannot make a blank environment: {e}; retrying in {BLANK_BACKOFF:?}");
+                self.blank_backoff_until = Instant::now() + BLANK_BACKOFF;
+                return;
+            }
+            have += 1;
+        }
     }
 
     /// Send `inv` to the idle environment `env_id`.
@@ -1068,6 +1163,32 @@ impl Supervisor {
             return;
         };
         match (msg.t, &env.state) {
+            ("blank", EnvState::Blank { ready: false }) => {
+                let reserved = env.reserved_for.clone();
+                match reserved {
+                    Some(function) if self.registry.get(&function).is_some() => {
+                        if let Err(e) = self.specialize(id, &function) {
+                            info!("env {id}: cannot specialise for {function}: {e}");
+                            self.env_failed(id, None);
+                        }
+                    }
+                    _ => {
+                        env.reserved_for = None;
+                        env.state = EnvState::Blank { ready: true };
+                        self.blanks.push(id);
+                        // A waiting invoke of any function may take it.
+                        let waiting: Vec<String> = self
+                            .pools
+                            .iter()
+                            .filter(|(_, p)| p.pending.len() > p.starting)
+                            .map(|(f, _)| f.clone())
+                            .collect();
+                        for f in waiting {
+                            self.schedule(&f);
+                        }
+                    }
+                }
+            }
             ("ready", EnvState::Starting) => {
                 env.init_duration = Some(env.spawned_at.elapsed());
                 // Init ran with at least one vCPU; invokes get the function's share.
@@ -1082,6 +1203,7 @@ impl Supervisor {
                     pool.starting = pool.starting.saturating_sub(1);
                 }
                 self.env_idle(id);
+                self.refill_blanks();
             }
             ("init_error", EnvState::Starting) => {
                 env.init_error = msg.error.map(|e| e.get().to_string());
@@ -1192,6 +1314,14 @@ impl Supervisor {
                 }
             }
         }
+        if env.function.is_empty() {
+            // A blank's output (a sandbox failure, say) has no function to
+            // be logged under: it goes to the supervisor's log.
+            for l in &lines {
+                info!("{}: {l}", env.env_id);
+            }
+            return;
+        }
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         if let Err(e) = self.logs.append(&env.function, &refs) {
             info!("cannot write the logs of {}: {e}", env.function);
@@ -1237,6 +1367,10 @@ impl Supervisor {
             .as_ref()
             .and_then(|c| c.oom_kills().ok())
             .is_some_and(|n| n > env.oom_kills_before);
+        // Only a blank still being built depends on its zygote: one that
+        // died with it is lost, not failed.
+        let lost_with_zygote = matches!(env.state, EnvState::Blank { ready: false })
+            && env.zygote_generation != self.zygote_generation;
         match std::mem::replace(&mut env.state, EnvState::Starting) {
             EnvState::Busy(inv) => {
                 let inv = *inv;
@@ -1270,10 +1404,28 @@ impl Supervisor {
                 self.destroy_env(id, EndReason::Failed);
                 self.schedule(&function);
             }
-            EnvState::Starting => {
+            EnvState::Blank { .. } if env.reserved_for.is_none() => {
+                // A blank made ahead of time: nobody waits for it. Back off
+                // before making more, unless its zygote simply died.
+                if !lost_with_zygote {
+                    info!(
+                        "{}: a blank environment failed ({}); its output is above",
+                        env.env_id,
+                        status
+                            .map(|s| s.describe())
+                            .unwrap_or_else(|| "exited".into())
+                    );
+                    self.blank_backoff_until = Instant::now() + BLANK_BACKOFF;
+                }
+                self.destroy_env(id, EndReason::Failed);
+            }
+            EnvState::Blank { .. } | EnvState::Starting => {
                 let init_error = env.init_error.take();
-                let function = env.function.clone();
-                let zygote_died = env.zygote_generation != self.zygote_generation;
+                let function = env
+                    .reserved_for
+                    .take()
+                    .unwrap_or_else(|| env.function.clone());
+
                 let detail = status
                     .map(|s| s.describe())
                     .unwrap_or_else(|| "exited".into());
@@ -1282,7 +1434,7 @@ impl Supervisor {
                 if let Some(pool) = self.pools.get_mut(&function) {
                     pool.starting = pool.starting.saturating_sub(1);
                 }
-                if zygote_died && init_error.is_none() {
+                if lost_with_zygote && init_error.is_none() {
                     // Lost with its zygote, not the function's fault: retry.
                     self.schedule(&function);
                     return;
@@ -1440,6 +1592,7 @@ impl Supervisor {
         if let Some(pool) = self.pools.get_mut(&env.function) {
             pool.idle.retain(|&e| e != id);
         }
+        self.blanks.retain(|&e| e != id);
         if let EnvState::Busy(inv) = std::mem::replace(&mut env.state, EnvState::Starting) {
             // Only delete and shutdown end a busy environment here.
             let err = match reason {
@@ -1581,7 +1734,14 @@ impl Supervisor {
                 }
                 Timer::InitDeadline(env_id) => {
                     if let Some(env) = self.envs.get(&env_id) {
-                        if matches!(env.state, EnvState::Starting) {
+                        let starting = matches!(
+                            env.state,
+                            EnvState::Starting | EnvState::Blank { ready: false }
+                        );
+                        if starting
+                            && env.phase_started.elapsed() + Duration::from_millis(1)
+                                >= INIT_TIMEOUT
+                        {
                             info!(
                                 "{}: init did not finish within {INIT_TIMEOUT:?}",
                                 env.env_id
@@ -1668,6 +1828,7 @@ impl Supervisor {
                 info!("cannot start the zygote: {e}");
             }
         }
+        self.refill_blanks();
     }
 
     fn shutdown(&mut self) {
@@ -1822,6 +1983,26 @@ fn spawn_message(
         sandbox: plan,
         runtime,
     })
+}
+
+/// The line that turns a blank into a function's environment.
+fn specialize_line(
+    plan: &crate::sandbox::plan::SpecPlan,
+    runtime: &RawValue,
+) -> Result<Vec<u8>, serde_json::Error> {
+    #[derive(serde::Serialize)]
+    struct Specialize<'a> {
+        t: &'static str,
+        sandbox: &'a crate::sandbox::plan::SpecPlan,
+        runtime: &'a RawValue,
+    }
+    let mut v = serde_json::to_vec(&Specialize {
+        t: "specialize",
+        sandbox: plan,
+        runtime,
+    })?;
+    v.push(b'\n');
+    Ok(v)
 }
 
 /// The runtime section of a spawn request (docs/architecture.md § runtime):

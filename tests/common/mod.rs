@@ -128,11 +128,15 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// A supervisor without a pool of blank environments, so that every
+    /// environment under its cgroup parent belongs to a function: the tests
+    /// that count processes and cgroups rely on that. `start_with` takes the
+    /// pool's size (`--prewarm`) like any other argument.
     pub fn start() -> Supervisor {
-        Self::start_with(&[])
+        Self::start_with(&["--prewarm", "0"])
     }
 
-    /// Start with extra `serve` arguments (e.g. `--keep-alive 1`).
+    /// Start with these `serve` arguments (e.g. `--keep-alive 1`).
     pub fn start_with(extra_args: &[&str]) -> Supervisor {
         let dir = tempfile::Builder::new()
             .prefix("lambdalet-test-")
