@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -418,6 +419,8 @@ impl CgroupManager {
             env_id: env_id.to_owned(),
             dirs,
             peak_fd: OnceLock::new(),
+            v1_peak_fd: OnceLock::new(),
+            oom_fd: OnceLock::new(),
         })
     }
 
@@ -464,6 +467,11 @@ pub struct EnvCgroup {
     /// through. The reset only applies to reads through that same descriptor
     /// (cgroup-v2.rst, memory.peak), so it is kept for later reads.
     peak_fd: OnceLock<File>,
+    /// v1 `memory.max_usage_in_bytes` and the OOM counter's file, opened once:
+    /// they are read (and the peak reset) around every invoke, where an
+    /// open/read/close per access would be most of the supervisor's work.
+    v1_peak_fd: OnceLock<File>,
+    oom_fd: OnceLock<File>,
 }
 
 #[derive(Debug)]
@@ -561,7 +569,14 @@ impl EnvCgroup {
     /// or `memory.current` on kernels without `memory.peak` (< 5.19).
     pub fn memory_peak(&self) -> io::Result<u64> {
         match &self.dirs {
-            EnvDirs::V1 { memory, .. } => read_u64(&memory.join("memory.max_usage_in_bytes")),
+            EnvDirs::V1 { memory, .. } => {
+                let fd = cached(
+                    &self.v1_peak_fd,
+                    &memory.join("memory.max_usage_in_bytes"),
+                    true,
+                )?;
+                parse_u64(&pread_text(fd)?)
+            }
             EnvDirs::V2 { dir } => {
                 if let Some(mut fd) = self.peak_fd.get() {
                     fd.seek(SeekFrom::Start(0))?;
@@ -587,7 +602,12 @@ impl EnvCgroup {
     pub fn reset_peak(&self) -> io::Result<()> {
         match &self.dirs {
             EnvDirs::V1 { memory, .. } => {
-                write_value(&memory.join("memory.max_usage_in_bytes"), "0")
+                let fd = cached(
+                    &self.v1_peak_fd,
+                    &memory.join("memory.max_usage_in_bytes"),
+                    true,
+                )?;
+                fd.write_at(b"0", 0).map(|_| ())
             }
             EnvDirs::V2 { dir } => {
                 let unsupported = |e: &io::Error| {
@@ -624,7 +644,7 @@ impl EnvCgroup {
             EnvDirs::V1 { memory, .. } => memory.join("memory.oom_control"),
             EnvDirs::V2 { dir } => dir.join("memory.events"),
         };
-        let text = fs::read_to_string(&path)?;
+        let text = pread_text(cached(&self.oom_fd, &path, false)?)?;
         keyed_u64(&text, "oom_kill").ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -665,6 +685,8 @@ impl EnvCgroup {
         let version = self.version();
         let dirs = self.dirs();
         drop(self.peak_fd);
+        drop(self.v1_peak_fd);
+        drop(self.oom_fd);
         for dir in &dirs {
             rmdir_retrying(dir, &dirs, version)?;
         }
@@ -721,6 +743,33 @@ fn apply_v2_limits(dir: &Path, limits: &Limits) -> Result<(), CgroupError> {
         &format!("{} {}", limits.cpu_quota_us, limits.cpu_period_us),
     )?;
     write_checked(&dir.join("pids.max"), &limits.pids_max.to_string())
+}
+
+/// The file behind `cell`, opened on first use (read-write if `write`).
+fn cached<'a>(cell: &'a OnceLock<File>, path: &Path, write: bool) -> io::Result<&'a File> {
+    if let Some(fd) = cell.get() {
+        return Ok(fd);
+    }
+    let fd = fs::OpenOptions::new().read(true).write(write).open(path)?;
+    Ok(cell.get_or_init(|| fd))
+}
+
+/// A cgroup file's whole text, read from offset 0 with pread(2): the kernel
+/// regenerates a seq_file's content for a read at 0, so one descriptor serves
+/// every later read.
+fn pread_text(fd: &File) -> io::Result<String> {
+    let mut buf = [0u8; 512];
+    let mut len = 0;
+    loop {
+        let want = buf.len() - len;
+        let n = fd.read_at(&mut buf[len..], len as u64)?;
+        len += n;
+        // A short read is the end: these files are a few lines long.
+        if n < want || len == buf.len() {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 fn write_checked(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -1477,7 +1526,9 @@ mod tests {
         assert_eq!(env.memory_peak().unwrap(), 4096);
         assert_eq!(env.oom_kills().unwrap(), 2);
         env.reset_peak().unwrap();
-        assert_eq!(read(mem.join("memory.max_usage_in_bytes")), "0");
+        // The kernel takes each write to a cgroup file whole; this plain file
+        // only shows that "0" was written at offset 0 of the kept descriptor.
+        assert!(read(mem.join("memory.max_usage_in_bytes")).starts_with('0'));
         assert!(!env.is_populated().unwrap());
         env.kill_all().unwrap(); // nothing to kill
         env.remove().unwrap();

@@ -197,6 +197,8 @@ impl Env {
             if n == 0 {
                 return Ok((false, pid));
             }
+            // A short read emptied the socket (see read_conn).
+            let drained = n < chunk.len();
             let mut data = &chunk[..n];
             while let Some(pos) = data.iter().position(|&b| b == b'\n') {
                 if self.rbuf.is_empty() {
@@ -213,6 +215,9 @@ impl Env {
                     io::ErrorKind::InvalidData,
                     format!("the runtime sent a line longer than {MAX_WORKER_LINE} bytes"),
                 ));
+            }
+            if drained {
+                return Ok((true, pid));
             }
         }
     }
@@ -258,6 +263,10 @@ impl Env {
                 Ok(n) => {
                     total += n;
                     self.splitter.push(&chunk[..n], lines);
+                    // A short read emptied the pipe (see read_conn).
+                    if n < chunk.len() {
+                        return Ok(false);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -22,6 +22,8 @@ pub struct Invocation {
     pub client_context: Option<serde_json::Value>,
     pub started: Option<Instant>,
     pub tail: Option<TailBuffer>,
+    /// Its log lines (START, output) not yet written to the log store.
+    pub log: Vec<String>,
     /// The deadline timer's id, to recognise a stale timer.
     pub timer: u64,
 }

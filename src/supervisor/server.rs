@@ -52,6 +52,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_CONN_BACKLOG: usize = 16 * 1024 * 1024;
 /// Account-wide concurrency (DESIGN.md § Invocations), i.e. environments.
 const ACCOUNT_CONCURRENCY: usize = 1000;
+/// An invoke's log lines are kept until it ends, up to this many bytes.
+const INVOKE_LOG_BUFFER: usize = 256 * 1024;
 /// How long to wait before making blanks again after one failed.
 const BLANK_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a runtime that closed its channel may take to exit.
@@ -97,6 +99,8 @@ struct Conn {
     /// Bytes of an over-long line being discarded.
     discarding: bool,
     closed: bool,
+    /// Registered for writable events (a reply is waiting for room).
+    want_write: bool,
     /// The client's uid: only root may name host paths (Code.Path), since the
     /// supervisor reads them as root and a function could then read them.
     peer_uid: u32,
@@ -476,7 +480,7 @@ impl Supervisor {
                     if self
                         .poll
                         .registry()
-                        .register(&mut stream, t, Interest::READABLE | Interest::WRITABLE)
+                        .register(&mut stream, t, Interest::READABLE)
                         .is_err()
                     {
                         self.owners.remove(&t);
@@ -490,6 +494,7 @@ impl Supervisor {
                             wbuf: VecDeque::new(),
                             discarding: false,
                             closed: false,
+                            want_write: false,
                             peer_uid,
                         },
                     );
@@ -522,6 +527,7 @@ impl Supervisor {
                         break;
                     }
                     Ok(n) => {
+                        let drained = n < chunk.len();
                         let mut data = &chunk[..n];
                         while let Some(pos) = data.iter().position(|&b| b == b'\n') {
                             if c.discarding {
@@ -539,6 +545,12 @@ impl Supervisor {
                                 c.rbuf = Vec::new();
                                 c.discarding = true;
                             }
+                        }
+                        // A short read emptied the socket: the next byte to
+                        // arrive brings a new edge (epoll(7)), so the read
+                        // that would return EAGAIN can be saved.
+                        if drained {
+                            break;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -572,13 +584,17 @@ impl Supervisor {
         let Some(c) = self.conns.get_mut(&t) else {
             return;
         };
+        let mut blocked = false;
         while !c.wbuf.is_empty() {
             let (a, _) = c.wbuf.as_slices();
             match c.stream.write(a) {
                 Ok(n) => {
                     c.wbuf.drain(..n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     c.wbuf.clear();
@@ -586,6 +602,18 @@ impl Supervisor {
                     break;
                 }
             }
+        }
+        // Writable events only while something waits to be written: with
+        // edge-triggered epoll, a permanent WRITABLE interest wakes the loop
+        // once more for every reply the client reads.
+        if blocked != c.want_write {
+            c.want_write = blocked;
+            let interest = if blocked {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self.poll.registry().reregister(&mut c.stream, t, interest);
         }
         self.maybe_close_conn(t);
     }
@@ -822,6 +850,7 @@ impl Supervisor {
             client_context,
             started: None,
             tail: None,
+            log: Vec::new(),
             timer: 0,
         };
         self.pools
@@ -1067,7 +1096,9 @@ impl Supervisor {
             tail.push_line(&start);
             inv.tail = Some(tail);
         }
-        let _ = self.logs.append(&env.function, &[&start]);
+        // The invoke's log lines are written together when it ends: one
+        // write per invoke instead of one per line (bounded, see pump_log).
+        inv.log.push(start);
         inv.started = Some(now);
         inv.timer = self.next_timer;
         self.next_timer += 1;
@@ -1313,6 +1344,12 @@ impl Supervisor {
                     tail.push_line(l);
                 }
             }
+            inv.log.append(&mut lines);
+            if inv.log.iter().map(String::len).sum::<usize>() < INVOKE_LOG_BUFFER {
+                return;
+            }
+            // A chatty invoke: write what it has so far.
+            lines = std::mem::take(&mut inv.log);
         }
         if env.function.is_empty() {
             // A blank's output (a sandbox failure, say) has no function to
@@ -1522,7 +1559,13 @@ impl Supervisor {
             status,
             error_type,
         );
-        let _ = self.logs.append(&env.function, &[&end, &report]);
+        let mut log = std::mem::take(&mut inv.log);
+        log.push(end.clone());
+        log.push(report.clone());
+        let refs: Vec<&str> = log.iter().map(String::as_str).collect();
+        if let Err(e) = self.logs.append(&env.function, &refs) {
+            info!("cannot write the logs of {}: {e}", env.function);
+        }
         let log_result = inv.tail.as_mut().map(|t| {
             t.push_line(&end);
             t.push_line(&report);
@@ -1593,7 +1636,10 @@ impl Supervisor {
             pool.idle.retain(|&e| e != id);
         }
         self.blanks.retain(|&e| e != id);
-        if let EnvState::Busy(inv) = std::mem::replace(&mut env.state, EnvState::Starting) {
+        if let EnvState::Busy(mut inv) = std::mem::replace(&mut env.state, EnvState::Starting) {
+            let refs: Vec<&str> = inv.log.iter().map(String::as_str).collect();
+            let _ = self.logs.append(&env.function, &refs);
+            inv.log.clear();
             // Only delete and shutdown end a busy environment here.
             let err = match reason {
                 EndReason::Deleted => WireError::not_found(format!(
@@ -1779,19 +1825,20 @@ impl Supervisor {
         // Lambda kills the whole environment on a timeout.
         self.pump_log(env_id, usize::MAX);
         let env = self.envs.get_mut(&env_id).expect("present");
-        let EnvState::Busy(inv) = std::mem::replace(&mut env.state, EnvState::Starting) else {
+        let EnvState::Busy(mut inv) = std::mem::replace(&mut env.state, EnvState::Starting) else {
             unreachable!()
         };
         let message = invoke::timeout_message(&inv.request_id, env.timeout);
-        let _ = self.logs.append(
-            &env.function,
-            &[&format!(
-                "{} {} Task timed out after {:.2} seconds",
-                now_rfc3339(),
-                inv.request_id,
-                env.timeout.as_secs_f64()
-            )],
+        let line = format!(
+            "{} {} Task timed out after {:.2} seconds",
+            now_rfc3339(),
+            inv.request_id,
+            env.timeout.as_secs_f64()
         );
+        if let Some(tail) = inv.tail.as_mut() {
+            tail.push_line(&line);
+        }
+        inv.log.push(line);
         let outcome = Outcome::FunctionError {
             body: invoke::error_body("Sandbox.Timedout", &message),
             error_type: "Sandbox.Timedout".to_string(),
