@@ -5,7 +5,7 @@ STATE_DIR ?= $(CURDIR)/.state
 SOCKET ?= $(STATE_DIR)/lambdalet.sock
 BIN := target/release/lambdalet
 
-.PHONY: build run test lint bench clean
+.PHONY: build run test test-cgroup2 lint bench clean
 
 build:
 	$(CARGO) build --release
@@ -30,3 +30,9 @@ bench: build
 
 clean:
 	$(CARGO) clean
+
+# A VM on a pure cgroup v2 kernel (qemu, software emulation) running the
+# supervisor, the sandbox and Python functions: docs/cgroup2-vm.md. Root only;
+# installs qemu-system-x86, busybox-static and cpio with apt-get if missing.
+test-cgroup2: build
+	LAMBDALET_BIN="$${CARGO_TARGET_DIR:-target}/release/lambdalet" vmtest/run.sh

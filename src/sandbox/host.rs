@@ -81,7 +81,9 @@ impl HostPython {
     pub fn discover(explicit: Option<&Path>) -> Result<HostPython, HostError> {
         let python = explicit.unwrap_or(Path::new("python3")).to_owned();
         let out = Command::new(&python)
-            .args(["-I", "-c", PYTHON_PROBE])
+            // -S: the probe needs no site-packages, and a site .pth file can
+            // cost more than the interpreter itself (DESIGN.md).
+            .args(["-I", "-S", "-c", PYTHON_PROBE])
             .stdin(Stdio::null())
             .output()
             .map_err(|source| HostError::RunPython {

@@ -418,6 +418,7 @@ impl Supervisor {
             match z.recv() {
                 Ok(Some(ZygoteReport::Hello { pid, preload_ms })) => {
                     z.state = ZygoteState::Ready;
+                    z.ready_at = Some(Instant::now());
                     info!(
                         "python zygote {pid} ready in {:.1} ms (preload {preload_ms:.1} ms)",
                         z.started.elapsed().as_secs_f64() * 1000.0
@@ -1779,7 +1780,22 @@ impl Supervisor {
                     }
                 }
                 Timer::InitDeadline(env_id) => {
-                    if let Some(env) = self.envs.get(&env_id) {
+                    // A blank's clock starts when the zygote can fork it: a
+                    // zygote still preloading (slow hosts, emulators) is not
+                    // the environment's fault.
+                    let zygote_ready = self.zygote.as_ref().and_then(|z| z.ready_at);
+                    if let Some(env) = self.envs.get_mut(&env_id) {
+                        if matches!(env.state, EnvState::Blank { ready: false }) {
+                            match zygote_ready {
+                                None => {
+                                    self.add_timer(INIT_TIMEOUT, Timer::InitDeadline(env_id));
+                                    continue;
+                                }
+                                Some(at) if at > env.phase_started => env.phase_started = at,
+                                Some(_) => {}
+                            }
+                        }
+                        let env = &*env;
                         let starting = matches!(
                             env.state,
                             EnvState::Starting | EnvState::Blank { ready: false }
@@ -1805,6 +1821,11 @@ impl Supervisor {
                                 .to_string(),
                             );
                             self.env_failed(env_id, None);
+                        } else if starting {
+                            // Its clock was moved on (see above): look again
+                            // when it runs out.
+                            let left = INIT_TIMEOUT.saturating_sub(env.phase_started.elapsed());
+                            self.add_timer(left, Timer::InitDeadline(env_id));
                         }
                     }
                 }

@@ -84,6 +84,8 @@ pub struct Zygote {
     pub generation: u64,
     pub state: ZygoteState,
     pub started: Instant,
+    /// When it said hello.
+    pub ready_at: Option<Instant>,
     pub pidfd: PidFd,
     channel: OwnedFd,
     queue: VecDeque<Pending>,
@@ -170,6 +172,7 @@ impl Zygote {
             generation,
             state: ZygoteState::Starting,
             started: Instant::now(),
+            ready_at: None,
             pidfd,
             channel: ours,
             queue: VecDeque::new(),
