@@ -160,13 +160,18 @@ impl Env {
     /// `Ok(false)` when the runtime closed its end. Until the PID is known,
     /// reads go through recvmsg to pick up the SCM_CREDENTIALS the kernel
     /// attaches (unix(7) SO_PASSCRED): that is how we learn PID 1's host pid.
-    pub fn read_worker(&mut self, out: &mut Vec<Vec<u8>>) -> io::Result<(bool, Option<i32>)> {
+    /// `chunk` is the supervisor's scratch buffer (zeroing a fresh one per
+    /// read would cost more than the read).
+    pub fn read_worker(
+        &mut self,
+        chunk: &mut [u8],
+        out: &mut Vec<Vec<u8>>,
+    ) -> io::Result<(bool, Option<i32>)> {
         let mut pid = None;
-        let mut chunk = [0u8; 64 * 1024];
         loop {
             let n = if self.pidfd.is_none() && pid.is_none() {
                 let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
-                let mut iov = [IoSliceMut::new(&mut chunk)];
+                let mut iov = [IoSliceMut::new(&mut *chunk)];
                 match recvmsg::<()>(
                     self.worker.as_raw_fd(),
                     &mut iov,
@@ -187,7 +192,7 @@ impl Env {
                     Err(e) => return Err(e.into()),
                 }
             } else {
-                match self.worker.read(&mut chunk) {
+                match self.worker.read(chunk) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((true, pid)),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -251,14 +256,18 @@ impl Env {
     }
 
     /// Read log output, at most `budget` bytes. Returns (lines, more_pending).
-    pub fn read_log(&mut self, budget: usize, lines: &mut Vec<String>) -> io::Result<bool> {
-        let mut chunk = [0u8; 64 * 1024];
+    pub fn read_log(
+        &mut self,
+        chunk: &mut [u8],
+        budget: usize,
+        lines: &mut Vec<String>,
+    ) -> io::Result<bool> {
         let mut total = 0;
         loop {
             if total >= budget {
                 return Ok(true);
             }
-            match self.log.read(&mut chunk) {
+            match self.log.read(chunk) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     total += n;

@@ -52,6 +52,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const MAX_CONN_BACKLOG: usize = 16 * 1024 * 1024;
 /// Account-wide concurrency (DESIGN.md § Invocations), i.e. environments.
 const ACCOUNT_CONCURRENCY: usize = 1000;
+/// One read from a socket or pipe.
+const READ_CHUNK: usize = 64 * 1024;
 /// An invoke's log lines are kept until it ends, up to this many bytes.
 const INVOKE_LOG_BUFFER: usize = 256 * 1024;
 /// How long to wait before making blanks again after one failed.
@@ -150,6 +152,8 @@ pub struct Supervisor {
     next_timer: u64,
     /// Environments whose log pipe still has data past the read budget.
     log_backlog: Vec<u64>,
+    /// The buffer every read goes through, allocated once.
+    scratch: Vec<u8>,
     /// Ended environments whose processes or cgroup are not gone yet.
     dying: HashMap<u64, Dying>,
     /// DeleteFunction requests waiting for the function's environments to end.
@@ -271,6 +275,7 @@ impl Supervisor {
             run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
             next_timer: 1,
             log_backlog: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
             dying: HashMap::new(),
             deletes: Vec::new(),
             shutting_down: false,
@@ -517,12 +522,12 @@ impl Supervisor {
             let Some(c) = self.conns.get_mut(&t) else {
                 return;
             };
-            let mut chunk = [0u8; 64 * 1024];
+            let chunk = &mut self.scratch[..];
             loop {
                 if c.wbuf.len() > MAX_CONN_BACKLOG {
                     break;
                 }
-                match c.stream.read(&mut chunk) {
+                match c.stream.read(chunk) {
                     Ok(0) => {
                         eof = true;
                         break;
@@ -1137,7 +1142,7 @@ impl Supervisor {
         let Some(env) = self.envs.get_mut(&id) else {
             return;
         };
-        let read = env.read_worker(&mut lines);
+        let read = env.read_worker(&mut self.scratch, &mut lines);
         let (open, pid) = match read {
             Ok(r) => r,
             Err(e) => {
@@ -1332,7 +1337,9 @@ impl Supervisor {
             return;
         };
         let mut lines = Vec::new();
-        let more = env.read_log(budget, &mut lines).unwrap_or(false);
+        let more = env
+            .read_log(&mut self.scratch, budget, &mut lines)
+            .unwrap_or(false);
         if more && !self.log_backlog.contains(&id) {
             self.log_backlog.push(id);
         }
