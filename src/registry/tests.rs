@@ -527,3 +527,12 @@ fn timestamps_in_lambdas_format() {
     assert_eq!(at(1_795_806_462, 123), "2026-11-27T19:07:42.123+0000");
     assert_eq!(at(4_102_444_800, 999), "2100-01-01T00:00:00.999+0000");
 }
+
+#[test]
+fn civil_dates_are_proleptic_gregorian() {
+    use super::civil_from_days;
+    assert_eq!(civil_from_days(0), (1970, 1, 1));
+    assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    assert_eq!(civil_from_days(20_784), (2026, 11, 27));
+    assert_eq!(civil_from_days(-1), (1969, 12, 31));
+}
