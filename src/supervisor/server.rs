@@ -925,7 +925,7 @@ impl Supervisor {
             }
         }
         // Blanks taken here are replaced once the environments they became
-        // are ready (or at the next housekeeping): making one now would
+        // have answered (or at the next housekeeping): making one now would
         // compete with those cold starts for the CPU.
         if self.blanks.is_empty() && self.opts.prewarm > 0 {
             self.refill_blanks();
@@ -1056,7 +1056,11 @@ impl Supervisor {
 
     /// Keep `--prewarm` blanks ready or on their way.
     fn refill_blanks(&mut self) {
-        if self.shutting_down || Instant::now() < self.blank_backoff_until {
+        // Cheap test first: this runs after every invoke.
+        if self.blanks.len() >= self.opts.prewarm
+            || self.shutting_down
+            || Instant::now() < self.blank_backoff_until
+        {
             return;
         }
         let on_the_way = self
@@ -1240,7 +1244,6 @@ impl Supervisor {
                     pool.starting = pool.starting.saturating_sub(1);
                 }
                 self.env_idle(id);
-                self.refill_blanks();
             }
             ("init_error", EnvState::Starting) => {
                 env.init_error = msg.error.map(|e| e.get().to_string());
@@ -1284,6 +1287,9 @@ impl Supervisor {
                     unreachable!("matched Busy above")
                 };
                 self.finish(id, *inv, outcome);
+                // Blanks taken for cold starts are replaced now that an answer
+                // is out: making one earlier competes with the cold start.
+                self.refill_blanks();
                 let env = self.envs.get(&id).expect("present");
                 if env.retire {
                     self.destroy_env(id, EndReason::Retired);
