@@ -14,11 +14,14 @@
 //! Init Duration (zygote spawn request sent → environment ready) and Duration
 //! (the invoke).
 //!
-//! lambdalet is measured twice, the same code deployed at two memory sizes:
-//! 128 MB (the default), whose CPU quota (128/1769 of a vCPU: 7.2 ms per
-//! 100 ms period) binds during the environment's setup and init, and 1769 MB,
-//! one full vCPU, which is what a peer process (no CPU limit, one thread) gets;
-//! the ratios are against the latter.
+//! lambdalet is measured three ways, the same code each time: at 128 MB (the
+//! default; its CPU quota, 128/1769 of a vCPU, would bind during setup and
+//! init if init did not get a full vCPU) and at 1769 MB, one full vCPU, which
+//! is what a peer process (no CPU limit, one thread) gets: the ratios are
+//! against this one. Both take a blank environment from the supervisor's
+//! default `--prewarm` pool. The third, on a second supervisor started with
+//! `--prewarm 0`, makes the environment from scratch on the invoke's path:
+//! a cold start in a burst larger than the pool.
 //!
 //! `cargo bench --bench coldstart` (root). Knobs: COLDSTART_SAMPLES (200),
 //! COLDSTART_SETTLE_MS (pause after the retire, 30), LAMBDALET_BIN.
@@ -213,30 +216,26 @@ fn report_of(
 
 /// One lambdalet configuration: the same code deployed with a memory size.
 struct Variant {
+    label: String,
     function: String,
-    memory_mb: u32,
+    /// Which of the bench's supervisors serves it.
+    sup: usize,
+    client: common::Client,
     total: Vec<Duration>,
     init: Vec<Duration>,
     invoke: Vec<Duration>,
 }
 
 impl Variant {
-    fn name(&self) -> String {
-        let vcpu = self.memory_mb as f64 / 1769.0;
-        format!(
-            "**lambdalet**, {} MB ({vcpu:.2} vCPU quota)",
-            self.memory_mb
-        )
+    /// The label without markup, for the phase table.
+    fn short(&self) -> String {
+        self.label.replace("**", "").replace("lambdalet, ", "")
     }
 
     /// One cold start: retire the warm environment (not timed), let the
     /// kernel finish its teardown, time the Invoke, read its REPORT line.
-    fn sample(
-        &mut self,
-        client: &mut common::Client,
-        i: usize,
-        settle: Duration,
-    ) -> Result<(), Error> {
+    fn sample(&mut self, i: usize, settle: Duration) -> Result<(), Error> {
+        let client = &mut self.client;
         client.call(
             "UpdateFunctionConfiguration",
             json!({"FunctionName": self.function, "Description": format!("cold start {i}")}),
@@ -279,22 +278,40 @@ fn main() -> Result<(), Error> {
         py.executable.display()
     );
 
-    let sup = common::Supervisor::start(&bin)?;
-    // The default memory size, whose CPU quota (128/1769 of a vCPU) binds
+    // Cold starts take a blank environment made ahead of time (the default
+    // `--prewarm` pool) and specialise it; a second supervisor without a
+    // pool shows a cold start that has to make its environment from scratch
+    // (a burst larger than the pool).
+    let sups = [
+        common::Supervisor::start(&bin, &[])?,
+        common::Supervisor::start(&bin, &["--prewarm", "0"])?,
+    ];
+    // The default memory size, whose CPU quota (128/1769 of a vCPU) would bind
     // during init, and 1769 MB, one full vCPU: what a peer process gets.
     let mut variants = Vec::new();
-    for memory_mb in [128, 1769] {
+    for (sup, memory_mb, label) in [
+        (0, 128, "**lambdalet**, 128 MB"),
+        (0, 1769, "**lambdalet**, 1769 MB (1 vCPU)"),
+        (
+            1,
+            1769,
+            "lambdalet, 1769 MB, no blank environment ready (`--prewarm 0`)",
+        ),
+    ] {
         let function = format!("{FUNCTION}-{memory_mb}");
-        sup.deploy(&function, &code, memory_mb)?;
+        sups[sup].deploy(&function, &code, memory_mb)?;
         variants.push(Variant {
+            label: label.to_string(),
             function,
-            memory_mb,
+            sup,
+            client: sups[sup].client()?,
             total: Vec::with_capacity(samples),
             init: Vec::with_capacity(samples),
             invoke: Vec::with_capacity(samples),
         });
     }
-    let mut client = sup.client()?;
+    // Ratios are against lambdalet with a full vCPU, as the peers have.
+    const REFERENCE: usize = 1;
 
     let mut peers = Vec::new();
     if let Some(bwrap) = find_bwrap() {
@@ -321,8 +338,8 @@ fn main() -> Result<(), Error> {
     let started = Instant::now();
     for i in 0..samples {
         for v in &mut variants {
-            v.sample(&mut client, i, settle)
-                .map_err(|e| format!("{}: {e}\n{}", v.function, sup.log_text()))?;
+            v.sample(i, settle)
+                .map_err(|e| format!("{}: {e}\n{}", v.label, sups[v.sup].log_text()))?;
         }
         for p in &mut peers {
             let d = p.run_once()?;
@@ -337,11 +354,9 @@ fn main() -> Result<(), Error> {
         }
     }
     let load_after = common::load_average();
-    drop(client);
-    drop(sup);
+    drop(sups);
 
-    // Ratios are against lambdalet with a full vCPU, as the peers have.
-    let reference = Samples::new(variants.last().expect("two variants").total.clone());
+    let reference = Samples::new(variants[REFERENCE].total.clone());
     let row = |name: &str, s: &Samples| -> Vec<String> {
         vec![
             name.to_string(),
@@ -357,7 +372,7 @@ fn main() -> Result<(), Error> {
     };
     let mut rows = Vec::new();
     for v in &variants {
-        rows.push(row(&v.name(), &Samples::new(v.total.clone())));
+        rows.push(row(&v.label, &Samples::new(v.total.clone())));
     }
     for p in &peers {
         rows.push(row(&p.name, &Samples::new(p.samples.clone())));
@@ -394,22 +409,23 @@ fn main() -> Result<(), Error> {
     out.push_str(&common::table(&header, &rows));
     let _ = writeln!(
         out,
-        "\nlambdalet, the supervisor's view (REPORT lines of the same invokes; client-observed = \
-         dispatch + cgroup creation + Init Duration + Duration + reply):\n"
+        "\nlambdalet, the supervisor's view (REPORT lines of the same invokes; Init Duration runs \
+         from the environment's start, a pooled blank's specialisation or a new blank's spawn, to \
+         ready):\n"
     );
     let mut phases = Vec::new();
     for v in &variants {
-        let mb = v.memory_mb;
+        let name = v.short();
         phases.push(phase(
-            format!("{mb} MB: client-observed Invoke"),
+            format!("{name}: client-observed Invoke"),
             &Samples::new(v.total.clone()),
         ));
         phases.push(phase(
-            format!("{mb} MB: Init Duration (spawn request sent → environment ready)"),
+            format!("{name}: Init Duration (REPORT)"),
             &Samples::new(v.init.clone()),
         ));
         phases.push(phase(
-            format!("{mb} MB: Duration (the invoke)"),
+            format!("{name}: Duration (REPORT: the invoke)"),
             &Samples::new(v.invoke.clone()),
         ));
     }
@@ -429,8 +445,8 @@ fn main() -> Result<(), Error> {
         };
         let _ = writeln!(
             out,
-            "- {} MB: p50 {} ms ({}), p99 {} ms ({}).",
-            v.memory_mb,
+            "- {}: p50 {} ms ({}), p99 {} ms ({}).",
+            v.short(),
             ms(s.pct(50.0)),
             verdict(s.pct(50.0), 5),
             ms(s.pct(99.0)),

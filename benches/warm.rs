@@ -269,7 +269,9 @@ fn main() -> Result<(), Error> {
         bin.display()
     );
 
-    let sup = common::Supervisor::start(&bin)?;
+    // No blank environments made ahead (`--prewarm 0`): they would sit idle
+    // here, and the census below counts every environment's cgroup.
+    let sup = common::Supervisor::start(&bin, &["--prewarm", "0"])?;
     // 1769 MB: one full vCPU per environment (Lambda's ratio), what two
     // environments on two cores need; and the default 128 MB, whose CPU
     // quota (7.2 ms per 100 ms) caps an environment at ~7 % of a core.

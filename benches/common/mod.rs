@@ -148,7 +148,9 @@ pub fn die_with_bench(cmd: &mut Command) {
 // ---- the supervisor under test ------------------------------------------------
 
 /// A `lambdalet serve` of the bench's own: a temporary state dir and socket,
-/// and environments' cgroups below `lambdalet-bench-<pid>` in each hierarchy.
+/// and environments' cgroups below `lambdalet-bench-<pid>-<n>` in each
+/// hierarchy (one parent per supervisor: each removes what it finds below its
+/// parent at startup).
 pub struct Supervisor {
     child: Child,
     pub socket: PathBuf,
@@ -158,14 +160,17 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn start(bin: &Path) -> Result<Supervisor, Error> {
+    /// Starts `lambdalet serve` with `extra` arguments after the bench's own.
+    pub fn start(bin: &Path, extra: &[&str]) -> Result<Supervisor, Error> {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         remove_stale_cgroups();
         let dir = tempfile::Builder::new()
             .prefix("lambdalet-bench-")
             .tempdir()?;
         let socket = dir.path().join("lambdalet.sock");
         let log = dir.path().join("supervisor.log");
-        let cgroup_parent = format!("lambdalet-bench-{}", std::process::id());
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cgroup_parent = format!("lambdalet-bench-{}-{n}", std::process::id());
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--state-dir")
@@ -174,6 +179,7 @@ impl Supervisor {
             .arg(&socket)
             .arg("--cgroup-parent")
             .arg(&cgroup_parent)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
@@ -279,7 +285,7 @@ fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(dir)
 }
 
-/// `lambdalet-bench-<pid>` cgroups of bench runs that were killed (their
+/// `lambdalet-bench-<pid>-<n>` cgroups of bench runs that were killed (their
 /// pid is gone): a killed bench cannot clean up after itself.
 fn remove_stale_cgroups() {
     for root in CGROUP_ROOTS {
@@ -294,6 +300,7 @@ fn remove_stale_cgroups() {
             else {
                 continue;
             };
+            let pid = pid.split('-').next().unwrap_or_default();
             let Ok(pid) = pid.parse::<u32>() else {
                 continue;
             };
