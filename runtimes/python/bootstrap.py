@@ -1,7 +1,7 @@
 """The worker loop of a Python environment (docs/architecture.md § runtime,
 § Worker channel).
 
-Three parts, named after the side of the fork they run on:
+Four parts, named after the side of the fork they run on:
 
 * ``relocate(host, sandbox)`` runs in the zygote: it points the zygote's own
   modules at their files inside the sandbox (the interpreter's installation
@@ -9,6 +9,8 @@ Three parts, named after the side of the fork they run on:
 * ``prepare(runtime)`` runs in B, with the specialisation: it checks the
   ``runtime`` section and computes what B applies (sys.path, the interpreter
   paths under the sandbox prefix).
+* ``prime()`` runs in a blank B before it waits for a function: the set-up
+  no function changes (stdio objects, caches, the logging handler).
 * ``main(rt, worker_fd)`` runs in B once the sandbox plan is applied: it makes
   the process look like a fresh interpreter of Lambda's Python runtime (the
   function's environment, sys.path, the ``logging`` setup), imports the
@@ -482,15 +484,12 @@ _log_handler.addFilter(_RequestIdFilter())
 
 
 def _setup_logging(level_name):
-    # Lambda's timestamps are UTC, for every formatter.
-    logging.Formatter.converter = time.gmtime
-    root = logging.getLogger()
     # As on Lambda: the root logger keeps Python's WARNING unless the
-    # function sets AWS_LAMBDA_LOG_LEVEL (TRACE means DEBUG there).
+    # function sets AWS_LAMBDA_LOG_LEVEL (TRACE means DEBUG there). Its
+    # handler was added by prime().
     level = {"TRACE": "DEBUG"}.get(level_name.upper(), level_name.upper())
     if level and level in logging._nameToLevel:
-        root.setLevel(level)
-    root.addHandler(_log_handler)
+        logging.getLogger().setLevel(level)
 
 
 def _load_handler(handler):
@@ -550,9 +549,31 @@ def _send_line(sock, obj):
     sock.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
 
+def prime():
+    """In a blank B, before it waits for a function: everything of the
+    runtime's set-up that no function changes, so that a cold start is left
+    with the function's own part (its environment, sys.path, the import).
+    The pages this touches are copied now, off the invoke path."""
+    # Output goes to the log pipe line by line, in the order it was written.
+    # New stream objects: the zygote's were made for the fds it started
+    # with (a terminal or file, seekable perhaps), not for the pipe behind
+    # fds 1 and 2 now. Their FileIOs do not own the fds (closefd=False).
+    sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, encoding="utf-8", errors="strict", closefd=False)
+    sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
+    # The finders cached for the zygote's host paths are stale in here.
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    linecache.clearcache()
+    sys.argv[:] = [""]
+    # Lambda's timestamps are UTC, for every formatter.
+    logging.Formatter.converter = time.gmtime
+    logging.getLogger().addHandler(_log_handler)
+
+
 def main(rt, worker_fd):
     """B's life after the sandbox: init, then serve invokes until the
-    supervisor closes the worker socket. Never returns."""
+    supervisor closes the worker socket. Never returns. `prime` ran before."""
     global _request_id, _prefix_host, _prefix_sandbox
     started = time.perf_counter()
 
@@ -562,23 +583,12 @@ def main(rt, worker_fd):
     time.tzset()  # TZ is the function's now (Lambda sets ":UTC")
 
     # The interpreter's installation is mounted at prefix_sandbox (as
-    # /var/lang on Lambda); the finders cached for host paths are stale.
+    # /var/lang on Lambda).
     _prefix_host, _prefix_sandbox = rt.prefix_host, rt.prefix_sandbox
     for name, value in rt.sys_attrs:
         setattr(sys, name, value)
     sys.path[:] = rt.sys_path
     sys.path_importer_cache.clear()
-    importlib.invalidate_caches()
-    linecache.clearcache()
-    sys.argv[:] = [""]
-
-    # Output goes to the log pipe line by line, in the order it was written.
-    # New stream objects: the zygote's were made for the fds it started
-    # with (a terminal or file, seekable perhaps), not for the pipe behind
-    # fds 1 and 2 now. Their FileIOs do not own the fds (closefd=False).
-    sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, encoding="utf-8", errors="strict", closefd=False)
-    sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
-    sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
 
     _static.function_name = rt.function_name
     _static.function_version = rt.function_version

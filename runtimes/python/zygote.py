@@ -204,6 +204,7 @@ class Zygote:
             self.chan.close()
             sandbox.enter_a(plan, log_fd)  # A exits in there; B returns
             worker_fd = sandbox.enter_blank(plan, worker_fd, log_fd)
+            bootstrap.prime()
             spec, runtime = _await_specialization(worker_fd)
             try:
                 spec = sandbox.prepare_specialize(spec, plan.cap_last_cap)
