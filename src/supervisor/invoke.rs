@@ -24,6 +24,8 @@ pub struct Invocation {
     pub tail: Option<TailBuffer>,
     /// Its log lines (START, output) not yet written to the log store.
     pub log: Vec<String>,
+    /// Bytes in `log`, so a chatty invoke is flushed without re-counting.
+    pub log_bytes: usize,
     /// The deadline timer's id, to recognise a stale timer.
     pub timer: u64,
 }

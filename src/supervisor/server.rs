@@ -22,7 +22,7 @@ use super::env::{Env, EnvState, NewEnv, WorkerLine, LOG_READ_BUDGET};
 use super::invoke::{self, Invocation, Outcome};
 use super::logs::{LogStore, TailBuffer};
 use super::pidfd::{self, PidFd};
-use super::zygote::{self, Zygote, ZygoteReport, ZygoteState};
+use super::zygote::{self, Zygote, ZygoteReport};
 use super::ServeOptions;
 use crate::config::FunctionSpec;
 use crate::protocol::{
@@ -422,7 +422,6 @@ impl Supervisor {
             };
             match z.recv() {
                 Ok(Some(ZygoteReport::Hello { pid, preload_ms })) => {
-                    z.state = ZygoteState::Ready;
                     z.ready_at = Some(Instant::now());
                     info!(
                         "python zygote {pid} ready in {:.1} ms (preload {preload_ms:.1} ms)",
@@ -857,6 +856,7 @@ impl Supervisor {
             started: None,
             tail: None,
             log: Vec::new(),
+            log_bytes: 0,
             timer: 0,
         };
         self.pools
@@ -1115,13 +1115,12 @@ impl Supervisor {
         let timer = Timer::Deadline(env_id, inv.timer);
         let timeout = env.timeout;
         let sent = env.send_line(&line);
+        if let Err(e) = &sent {
+            info!("{}: cannot send the invoke: {e}", env.env_id);
+        }
         env.state = EnvState::Busy(Box::new(inv));
         self.timers.push(Reverse((now + timeout, timer)));
-        if let Err(e) = sent {
-            info!(
-                "{}: cannot send the invoke: {e}",
-                env_id_str(&self.envs, env_id)
-            );
+        if sent.is_err() {
             self.env_failed(env_id, None);
         }
     }
@@ -1358,11 +1357,13 @@ impl Supervisor {
                     tail.push_line(l);
                 }
             }
+            inv.log_bytes += lines.iter().map(String::len).sum::<usize>();
             inv.log.append(&mut lines);
-            if inv.log.iter().map(String::len).sum::<usize>() < INVOKE_LOG_BUFFER {
+            if inv.log_bytes < INVOKE_LOG_BUFFER {
                 return;
             }
             // A chatty invoke: write what it has so far.
+            inv.log_bytes = 0;
             lines = std::mem::take(&mut inv.log);
         }
         if env.function.is_empty() {
@@ -1951,10 +1952,6 @@ enum EndReason {
     Reclaimed,
     Failed,
     Shutdown,
-}
-
-fn env_id_str(envs: &HashMap<u64, Env>, id: u64) -> String {
-    envs.get(&id).map(|e| e.env_id.clone()).unwrap_or_default()
 }
 
 fn parse<'a, T: serde::Deserialize<'a>>(params: &'a str) -> Result<T, WireError> {

@@ -68,13 +68,6 @@ pub enum ZygoteReport {
     },
 }
 
-/// Explicit lifecycle: a zygote is started, says hello, serves, and dies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ZygoteState {
-    Starting,
-    Ready,
-}
-
 struct Pending {
     message: Vec<u8>,
     fds: [OwnedFd; 2],
@@ -82,9 +75,9 @@ struct Pending {
 
 pub struct Zygote {
     pub generation: u64,
-    pub state: ZygoteState,
     pub started: Instant,
-    /// When it said hello.
+    /// When it said hello: before that it is still preloading (the only
+    /// other state a zygote has is dead, seen through its pidfd).
     pub ready_at: Option<Instant>,
     pub pidfd: PidFd,
     channel: OwnedFd,
@@ -170,7 +163,6 @@ impl Zygote {
         drop(child);
         Ok(Zygote {
             generation,
-            state: ZygoteState::Starting,
             started: Instant::now(),
             ready_at: None,
             pidfd,
@@ -213,10 +205,6 @@ impl Zygote {
             }
         }
         Ok(())
-    }
-
-    pub fn has_queued(&self) -> bool {
-        !self.queue.is_empty()
     }
 
     /// Read one report; `Ok(None)` when there is nothing more to read now.
