@@ -104,6 +104,42 @@ pub enum Command {
     Invoke(InvokeArgs),
     /// Print a function's newest log lines.
     Logs(LogsArgs),
+    /// Reserve concurrency for a function: at most N concurrent executions,
+    /// and N kept from every other function (0 throttles every invoke).
+    PutFunctionConcurrency(PutConcurrencyArgs),
+    /// Show a function's reserved concurrency.
+    GetFunctionConcurrency(FunctionNameArg),
+    /// Remove a function's reserved concurrency.
+    DeleteFunctionConcurrency(FunctionNameArg),
+    /// Keep N environments of a function initialised ahead of time.
+    PutProvisionedConcurrencyConfig(PutProvisionedArgs),
+    /// Show a function's provisioned concurrency: requested, allocated and
+    /// available environments, and the status.
+    GetProvisionedConcurrencyConfig(FunctionNameArg),
+    /// Remove a function's provisioned concurrency.
+    DeleteProvisionedConcurrencyConfig(FunctionNameArg),
+    /// Show the account's concurrency limit and unreserved concurrency.
+    GetAccountSettings,
+}
+
+#[derive(Debug, Args)]
+pub struct PutConcurrencyArgs {
+    /// The function's name.
+    pub name: String,
+    #[arg(long, value_name = "N")]
+    pub reserved_concurrent_executions: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct PutProvisionedArgs {
+    /// The function's name.
+    pub name: String,
+    /// How many environments to keep initialised.
+    #[arg(long, value_name = "N", alias = "provisioned-concurrent-executions")]
+    pub count: u32,
+    /// Only `$LATEST` (lambdalet has no published versions or aliases).
+    #[arg(long, value_name = "QUALIFIER")]
+    pub qualifier: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +167,12 @@ pub struct ServeArgs {
     /// Blank environments kept ready, so a cold start only specialises one.
     #[arg(long, value_name = "N", default_value_t = crate::supervisor::DEFAULT_PREWARM)]
     pub prewarm: usize,
+    /// The account's concurrency limit: invocations in flight at once, all
+    /// functions together (Lambda's default is 1000). Reserved concurrency
+    /// comes out of it and must leave at least 100 unreserved.
+    #[arg(long, value_name = "N", default_value_t = crate::supervisor::DEFAULT_MAX_CONCURRENCY,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrency: u32,
 }
 
 /// Where new code comes from: exactly one of `--code` and `--zip-file`.
@@ -471,6 +513,53 @@ fn action(cli: Cli) -> Result<Action, CliError> {
             };
             (Request::new(op::GET_LOGS, &params), Output::Lines)
         }
+        Command::PutFunctionConcurrency(args) => {
+            let params = protocol::PutFunctionConcurrency {
+                function_name: args.name,
+                reserved_concurrent_executions: args.reserved_concurrent_executions,
+            };
+            (
+                Request::new(op::PUT_FUNCTION_CONCURRENCY, &params),
+                Output::Json,
+            )
+        }
+        Command::GetFunctionConcurrency(args) => (
+            Request::new(op::GET_FUNCTION_CONCURRENCY, &function_name(args.name)),
+            Output::Json,
+        ),
+        Command::DeleteFunctionConcurrency(args) => (
+            Request::new(op::DELETE_FUNCTION_CONCURRENCY, &function_name(args.name)),
+            Output::Quiet,
+        ),
+        Command::PutProvisionedConcurrencyConfig(args) => {
+            let params = protocol::PutProvisionedConcurrencyConfig {
+                function_name: args.name,
+                qualifier: args.qualifier,
+                provisioned_concurrent_executions: args.count,
+            };
+            (
+                Request::new(op::PUT_PROVISIONED_CONCURRENCY_CONFIG, &params),
+                Output::Json,
+            )
+        }
+        Command::GetProvisionedConcurrencyConfig(args) => (
+            Request::new(
+                op::GET_PROVISIONED_CONCURRENCY_CONFIG,
+                &function_qualifier(args.name),
+            ),
+            Output::Json,
+        ),
+        Command::DeleteProvisionedConcurrencyConfig(args) => (
+            Request::new(
+                op::DELETE_PROVISIONED_CONCURRENCY_CONFIG,
+                &function_qualifier(args.name),
+            ),
+            Output::Quiet,
+        ),
+        Command::GetAccountSettings => (
+            Request::new(op::GET_ACCOUNT_SETTINGS, &protocol::ListFunctions {}),
+            Output::Json,
+        ),
     };
     Ok(Action::Call {
         socket,
@@ -489,12 +578,20 @@ fn serve_options(args: ServeArgs, socket: PathBuf) -> ServeOptions {
         socket_mode: args.socket_mode,
         socket_group: args.socket_group,
         prewarm: args.prewarm,
+        max_concurrency: args.max_concurrency,
     }
 }
 
 fn function_name(name: String) -> protocol::FunctionName {
     protocol::FunctionName {
         function_name: name,
+    }
+}
+
+fn function_qualifier(name: String) -> protocol::FunctionQualifier {
+    protocol::FunctionQualifier {
+        function_name: name,
+        qualifier: None,
     }
 }
 

@@ -28,6 +28,7 @@ pub enum ErrorKind {
     InvalidRequestContentException,
     RequestTooLargeException,
     TooManyRequestsException,
+    ProvisionedConcurrencyConfigNotFoundException,
     ServiceException,
 }
 
@@ -40,6 +41,9 @@ impl ErrorKind {
             ErrorKind::InvalidRequestContentException => "InvalidRequestContentException",
             ErrorKind::RequestTooLargeException => "RequestTooLargeException",
             ErrorKind::TooManyRequestsException => "TooManyRequestsException",
+            ErrorKind::ProvisionedConcurrencyConfigNotFoundException => {
+                "ProvisionedConcurrencyConfigNotFoundException"
+            }
             ErrorKind::ServiceException => "ServiceException",
         }
     }
@@ -117,6 +121,14 @@ pub mod op {
     pub const DELETE_FUNCTION: &str = "DeleteFunction";
     pub const INVOKE: &str = "Invoke";
     pub const GET_LOGS: &str = "GetLogs";
+    pub const PUT_FUNCTION_CONCURRENCY: &str = "PutFunctionConcurrency";
+    pub const GET_FUNCTION_CONCURRENCY: &str = "GetFunctionConcurrency";
+    pub const DELETE_FUNCTION_CONCURRENCY: &str = "DeleteFunctionConcurrency";
+    pub const PUT_PROVISIONED_CONCURRENCY_CONFIG: &str = "PutProvisionedConcurrencyConfig";
+    pub const GET_PROVISIONED_CONCURRENCY_CONFIG: &str = "GetProvisionedConcurrencyConfig";
+    pub const DELETE_PROVISIONED_CONCURRENCY_CONFIG: &str = "DeleteProvisionedConcurrencyConfig";
+    pub const GET_ACCOUNT_SETTINGS: &str = "GetAccountSettings";
+    pub const GET_METRICS: &str = "GetMetrics";
     pub const ALL: &[&str] = &[
         CREATE_FUNCTION,
         UPDATE_FUNCTION_CODE,
@@ -126,6 +138,14 @@ pub mod op {
         DELETE_FUNCTION,
         INVOKE,
         GET_LOGS,
+        PUT_FUNCTION_CONCURRENCY,
+        GET_FUNCTION_CONCURRENCY,
+        DELETE_FUNCTION_CONCURRENCY,
+        PUT_PROVISIONED_CONCURRENCY_CONFIG,
+        GET_PROVISIONED_CONCURRENCY_CONFIG,
+        DELETE_PROVISIONED_CONCURRENCY_CONFIG,
+        GET_ACCOUNT_SETTINGS,
+        GET_METRICS,
     ];
 }
 
@@ -297,6 +317,79 @@ pub struct FunctionConfiguration {
 #[serde(rename_all = "PascalCase")]
 pub struct FunctionList {
     pub functions: Vec<FunctionConfiguration>,
+}
+
+/// PutFunctionConcurrency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct PutFunctionConcurrency {
+    pub function_name: String,
+    pub reserved_concurrent_executions: u32,
+}
+
+/// The result of PutFunctionConcurrency and GetFunctionConcurrency (absent
+/// when the function has no reserved concurrency).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct FunctionConcurrency {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_concurrent_executions: Option<u32>,
+}
+
+/// PutProvisionedConcurrencyConfig. Lambda requires a published version or
+/// an alias as Qualifier; lambdalet has only `$LATEST`, which is the default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct PutProvisionedConcurrencyConfig {
+    pub function_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qualifier: Option<String>,
+    pub provisioned_concurrent_executions: u32,
+}
+
+/// GetProvisionedConcurrencyConfig and DeleteProvisionedConcurrencyConfig.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct FunctionQualifier {
+    pub function_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qualifier: Option<String>,
+}
+
+/// Lambda's provisioned-concurrency status: allocated environments exist
+/// (some may still be initialising), available ones have run their init.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProvisionedConcurrencyConfig {
+    pub requested_provisioned_concurrent_executions: u32,
+    pub allocated_provisioned_concurrent_executions: u32,
+    pub available_provisioned_concurrent_executions: u32,
+    /// IN_PROGRESS, READY or FAILED.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    pub last_modified: String,
+}
+
+/// GetAccountSettings (the parts lambdalet has).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct AccountSettings {
+    pub account_limit: AccountLimit,
+    pub account_usage: AccountUsage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct AccountLimit {
+    pub concurrent_executions: u32,
+    pub unreserved_concurrent_executions: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct AccountUsage {
+    pub function_count: u32,
 }
 
 /// Serialise a success line (without the trailing newline).

@@ -70,6 +70,33 @@ pub struct Function {
     pub last_modified: String,
     /// A new UUID on every change of code or configuration.
     pub revision_id: String,
+    /// Reserved and provisioned concurrency: not part of the revision (Lambda
+    /// changes neither RevisionId nor LastModified for them).
+    pub concurrency: Concurrency,
+}
+
+/// A function's concurrency settings (PutFunctionConcurrency,
+/// PutProvisionedConcurrencyConfig). The supervisor validates them against
+/// the account's limit before they are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    /// At most this many concurrent executions, and this many kept out of
+    /// every other function's reach; 0 throttles every invoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u32>,
+    /// Environments initialised ahead of time and kept warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned: Option<ProvisionedConfig>,
+}
+
+/// A provisioned-concurrency configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionedConfig {
+    pub count: u32,
+    /// When it was last set (Unix seconds), for LastModified.
+    pub modified_unix: u64,
 }
 
 impl Function {
@@ -117,6 +144,7 @@ impl Function {
             code_sha256: self.code_sha256.clone(),
             last_modified: self.last_modified.clone(),
             revision_id: self.revision_id.clone(),
+            concurrency: self.concurrency,
         }
     }
 }
@@ -134,6 +162,9 @@ struct Record {
     code_sha256: String,
     last_modified: String,
     revision_id: String,
+    /// Absent in records written before concurrency settings existed.
+    #[serde(default)]
+    concurrency: Concurrency,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +357,7 @@ impl Registry {
             code_sha256: installed.code_sha256,
             last_modified: lambda_timestamp(SystemTime::now()),
             revision_id: uuid::Uuid::new_v4().to_string(),
+            concurrency: Concurrency::default(),
         };
         write_record(&dir.join(RECORD_FILE), &function.record())?;
         Ok(function)
@@ -364,6 +396,24 @@ impl Registry {
         next.spec = current.spec.updated(req)?;
         next.last_modified = lambda_timestamp(SystemTime::now());
         next.revision_id = uuid::Uuid::new_v4().to_string();
+        write_record(
+            &self.functions_dir.join(&name).join(RECORD_FILE),
+            &next.record(),
+        )?;
+        self.functions.insert(name.clone(), next);
+        Ok(&self.functions[&name])
+    }
+
+    /// Stores new concurrency settings of an existing function (validated by
+    /// the caller against the account's limits).
+    pub fn set_concurrency(
+        &mut self,
+        function_name: &str,
+        concurrency: Concurrency,
+    ) -> Result<&Function, RegistryError> {
+        let name = self.existing(function_name)?;
+        let mut next = self.functions[&name].clone();
+        next.concurrency = concurrency;
         write_record(
             &self.functions_dir.join(&name).join(RECORD_FILE),
             &next.record(),
@@ -569,6 +619,7 @@ impl Registry {
             code_sha256: record.code_sha256,
             last_modified: record.last_modified,
             revision_id: record.revision_id,
+            concurrency: record.concurrency,
         })
     }
 

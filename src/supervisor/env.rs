@@ -87,6 +87,10 @@ pub struct Env {
     pub reserved_for: Option<String>,
     /// Set when the environment became ready; reported by its first invoke.
     pub init_duration: Option<Duration>,
+    /// Initialised ahead of time for provisioned concurrency: kept warm (never
+    /// reclaimed for idleness), used before on-demand environments, and its
+    /// first invoke is not a cold start.
+    pub provisioned: bool,
     pub zygote_generation: u64,
     /// Retire after the current invoke (code or configuration changed).
     pub retire: bool,
@@ -147,6 +151,7 @@ impl Env {
             phase_started: Instant::now(),
             reserved_for: n.reserved_for,
             init_duration: None,
+            provisioned: false,
             zygote_generation: n.zygote_generation,
             retire: false,
             oom_kills_before: 0,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use serde_json::value::RawValue;
 
+use super::concurrency::Slot;
 use super::logs::TailBuffer;
 use crate::protocol::LogType;
 
@@ -28,6 +29,9 @@ pub struct Invocation {
     pub log_bytes: usize,
     /// The deadline timer's id, to recognise a stale timer.
     pub timer: u64,
+    /// Its place in the concurrency counts, given back when it is dropped.
+    #[expect(dead_code, reason = "held for its Drop, which gives the slot back")]
+    pub slot: Option<Slot>,
 }
 
 /// How an invocation ended.

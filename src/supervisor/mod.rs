@@ -2,6 +2,7 @@
 //! the zygotes, every environment and every invocation; it never runs user
 //! code (DESIGN.md § Processes).
 
+mod concurrency;
 mod env;
 mod invoke;
 pub mod logs;
@@ -20,6 +21,7 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Blanks kept ready: enough for a few concurrent cold starts, few enough
 /// that an idle host holds only some MB for them.
 pub const DEFAULT_PREWARM: usize = 4;
+pub use concurrency::{DEFAULT_MAX_CONCURRENCY, UNRESERVED_MIN};
 
 /// `lambdalet serve` options.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct ServeOptions {
     pub socket_group: Option<String>,
     /// Blank environments kept ready for cold starts.
     pub prewarm: usize,
+    /// The account's concurrency limit: invocations in flight at once.
+    pub max_concurrency: u32,
 }
 
 /// Run the supervisor until SIGTERM or SIGINT.

@@ -18,6 +18,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
 use serde_json::value::RawValue;
 
+use super::concurrency::{Account, Counter};
 use super::env::{Env, EnvState, NewEnv, WorkerLine, LOG_READ_BUDGET};
 use super::invoke::{self, Invocation, Outcome};
 use super::logs::{LogStore, TailBuffer};
@@ -50,12 +51,13 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// A client that does not read its responses stops being read from once this
 /// much is waiting for it (backpressure instead of unbounded memory).
 const MAX_CONN_BACKLOG: usize = 16 * 1024 * 1024;
-/// Account-wide concurrency (DESIGN.md § Invocations), i.e. environments.
-const ACCOUNT_CONCURRENCY: usize = 1000;
 /// One read from a socket or pipe.
 const READ_CHUNK: usize = 64 * 1024;
 /// An invoke's log lines are kept until it ends, up to this many bytes.
 const INVOKE_LOG_BUFFER: usize = 256 * 1024;
+/// How long to wait before provisioning again after a provisioned
+/// environment's init failed.
+const PROVISION_BACKOFF: Duration = Duration::from_secs(5);
 /// How long to wait before making blanks again after one failed.
 const BLANK_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a runtime that closed its channel may take to exit.
@@ -111,8 +113,18 @@ struct Conn {
 /// The per-function scheduling state: idle environments and waiting invokes.
 #[derive(Default)]
 struct Pool {
+    /// Idle on-demand environments, the most recently used last.
     idle: Vec<u64>,
+    /// Idle provisioned environments: taken before on-demand ones.
+    idle_provisioned: Vec<u64>,
+    /// On-demand environments starting for waiting invokes.
     starting: usize,
+    /// Invocations in flight (waiting or running): its concurrency.
+    in_flight: Counter,
+    /// Why the last provisioned environment failed to initialise, and when
+    /// provisioning is tried again.
+    provision_failure: Option<String>,
+    provision_retry_at: Option<Instant>,
     pending: VecDeque<Invocation>,
     /// The specialisation of the function's current revision, and its
     /// runtime section: (revision id, template, runtime).
@@ -156,18 +168,24 @@ pub struct Supervisor {
     scratch: Vec<u8>,
     /// Ended environments whose processes or cgroup are not gone yet.
     dying: HashMap<u64, Dying>,
+    /// Functions with invokes waiting for room for a new environment.
+    starved: BTreeSet<String>,
     /// DeleteFunction requests waiting for the function's environments to end.
     deletes: Vec<(String, Token, serde_json::Value)>,
+    /// The account's concurrency limit and in-flight counts.
+    account: Account,
     shutting_down: bool,
 }
 
-fn say(msg: std::fmt::Arguments) {
+pub(super) fn say(msg: std::fmt::Arguments) {
     eprintln!("lambdalet: {msg}");
 }
 
 macro_rules! info {
-    ($($t:tt)*) => { say(format_args!($($t)*)) };
+    ($($t:tt)*) => { $crate::supervisor::server::say(format_args!($($t)*)) };
 }
+
+mod capacity;
 
 impl Supervisor {
     pub fn new(opts: ServeOptions) -> Result<Supervisor, Box<dyn std::error::Error>> {
@@ -247,6 +265,7 @@ impl Supervisor {
             })
             .to_string(),
         )?;
+        let max_concurrency = opts.max_concurrency;
         let mut sup = Supervisor {
             host_cpus: host::host_cpus(),
             opts,
@@ -277,9 +296,12 @@ impl Supervisor {
             log_backlog: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             dying: HashMap::new(),
+            starved: BTreeSet::new(),
             deletes: Vec::new(),
+            account: Account::new(max_concurrency),
             shutting_down: false,
         };
+        sup.update_reserved_total();
         sup.poll
             .registry()
             .register(&mut sup.listener, LISTENER, Interest::READABLE)?;
@@ -289,6 +311,7 @@ impl Supervisor {
             .register(&mut SourceFd(&sfd), SIGNALS, Interest::READABLE)?;
         sup.start_zygote()?;
         sup.refill_blanks();
+        sup.provision_all();
         sup.add_timer(HOUSEKEEPING, Timer::Housekeeping);
         Ok(sup)
     }
@@ -706,6 +729,13 @@ impl Supervisor {
                 })
             }),
             op::DELETE_FUNCTION => return self.op_delete(t, id, params),
+            op::PUT_FUNCTION_CONCURRENCY => self.op_put_concurrency(params),
+            op::GET_FUNCTION_CONCURRENCY => self.op_get_concurrency(params),
+            op::DELETE_FUNCTION_CONCURRENCY => self.op_delete_concurrency(params),
+            op::PUT_PROVISIONED_CONCURRENCY_CONFIG => self.op_put_provisioned(params),
+            op::GET_PROVISIONED_CONCURRENCY_CONFIG => self.op_get_provisioned(params),
+            op::DELETE_PROVISIONED_CONCURRENCY_CONFIG => self.op_delete_provisioned(params),
+            op::GET_ACCOUNT_SETTINGS => self.op_account_settings(params),
             op::GET_LOGS => parse::<protocol::GetLogs>(params).and_then(|p| {
                 let name = match self.registry.get(&p.function_name) {
                     Some(f) => f.spec.name.clone(),
@@ -753,6 +783,7 @@ impl Supervisor {
         let f = self.registry.update_code(&req)?;
         let (name, conf) = (f.spec.name.clone(), f.configuration());
         self.retire_function_envs(&name);
+        self.provision(&name);
         Ok(ok_json(&conf))
     }
 
@@ -761,6 +792,7 @@ impl Supervisor {
         let f = self.registry.update_configuration(&req)?;
         let (name, conf) = (f.spec.name.clone(), f.configuration());
         self.retire_function_envs(&name);
+        self.provision(&name);
         Ok(ok_json(&conf))
     }
 
@@ -778,6 +810,9 @@ impl Supervisor {
             Err(e) => return self.reply(t, &id, Err(e.into())),
         };
         let name = f.spec.name.clone();
+        if f.concurrency.reserved.is_some() {
+            self.update_reserved_total();
+        }
         if let Some(mut pool) = self.pools.remove(&name) {
             for inv in pool.pending.drain(..) {
                 let err = WireError::not_found(format!(
@@ -846,6 +881,12 @@ impl Supervisor {
             return self.reply(t, &id, Err(not_found(&req.function_name)));
         };
         let function = f.spec.name.clone();
+        let reserved = f.concurrency.reserved;
+        let pool = self.pools.entry(function.clone()).or_default();
+        let slot = match self.account.admit(&pool.in_flight, reserved) {
+            Ok(slot) => slot,
+            Err(throttle) => return self.reply(t, &id, Err(throttle.into())),
+        };
         let inv = Invocation {
             request_id: uuid::Uuid::new_v4().to_string(),
             reply_to: Some((t, id)),
@@ -858,6 +899,7 @@ impl Supervisor {
             log: Vec::new(),
             log_bytes: 0,
             timer: 0,
+            slot: Some(slot),
         };
         self.pools
             .entry(function.clone())
@@ -879,7 +921,11 @@ impl Supervisor {
             if pool.pending.is_empty() {
                 return;
             }
-            let Some(env_id) = pool.idle.pop() else { break };
+            // Provisioned environments first (Lambda spills over to
+            // on-demand ones only when they are all busy).
+            let Some(env_id) = pool.idle_provisioned.pop().or_else(|| pool.idle.pop()) else {
+                break;
+            };
             let inv = pool.pending.pop_front().expect("non-empty");
             self.run_on(env_id, inv);
         }
@@ -888,25 +934,16 @@ impl Supervisor {
             (pool.pending.len(), pool.starting)
         };
         for _ in starting..pending {
-            if self.envs.len() >= ACCOUNT_CONCURRENCY {
-                // Past the account's concurrency: throttle the newest waiters
-                // that no starting environment will serve.
-                let pool = self.pools.get_mut(function).expect("exists");
-                if pool.pending.len() > pool.starting {
-                    let inv = pool.pending.pop_back().expect("non-empty");
-                    let mut err = WireError::new(
-                        ErrorKind::TooManyRequestsException,
-                        "Rate Exceeded.".to_string(),
-                    );
-                    err.reason = Some("ConcurrentInvocationLimitExceeded".to_string());
-                    self.answer_error(inv, err);
-                    continue;
-                }
-                return;
+            if !self.make_room() {
+                // Every on-demand environment is busy or starting: these
+                // invokes wait for one (admission keeps them within the
+                // account's limit, so one will finish).
+                self.starved.insert(function.to_string());
+                break;
             }
             let started = match self.blanks.pop() {
                 Some(blank) => self
-                    .specialize(blank, function)
+                    .specialize(blank, function, false)
                     .inspect_err(|_| self.destroy_env(blank, EndReason::Failed)),
                 None => self.spawn_blank(Some(function.to_string())).map(|_| ()),
             };
@@ -929,6 +966,40 @@ impl Supervisor {
         // compete with those cold starts for the CPU.
         if self.blanks.is_empty() && self.opts.prewarm > 0 {
             self.refill_blanks();
+        }
+    }
+
+    /// Whether one more on-demand environment may be made: the account's limit
+    /// bounds them (invokes in flight never exceed it, but idle environments
+    /// of other functions may fill it), so past it the least recently used
+    /// idle on-demand environment is reclaimed first. Provisioned
+    /// environments and the blank pool are bounded on their own.
+    fn make_room(&mut self) -> bool {
+        let on_demand = self
+            .envs
+            .values()
+            .filter(|e| {
+                !e.provisioned
+                    && !(matches!(e.state, EnvState::Blank { .. }) && e.reserved_for.is_none())
+            })
+            .count();
+        if on_demand < self.account.max() as usize {
+            return true;
+        }
+        let lru = self
+            .envs
+            .values()
+            .filter_map(|e| match e.state {
+                EnvState::Idle { since } if !e.provisioned => Some((since, e.id)),
+                _ => None,
+            })
+            .min();
+        match lru {
+            Some((_, id)) => {
+                self.destroy_env(id, EndReason::Reclaimed);
+                true
+            }
+            None => false,
         }
     }
 
@@ -1005,7 +1076,12 @@ impl Supervisor {
     /// Give the blank `id` to `function`: its limits, then one line with its
     /// code, /tmp, identity and filter (the specialisation) and its runtime
     /// section. The environment answers `ready` or `init_error`.
-    fn specialize(&mut self, id: u64, function: &str) -> Result<(), Box<dyn std::error::Error>> {
+    fn specialize(
+        &mut self,
+        id: u64,
+        function: &str,
+        provisioned: bool,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         let f = self
             .registry
             .get(function)
@@ -1026,17 +1102,23 @@ impl Supervisor {
                 tmp_mb: spec.ephemeral_mb,
                 seccomp_bpf: &self.seccomp_bpf,
             })?;
-            let runtime = runtime_section(&spec, &self.python);
+            let runtime = runtime_section(&spec, &self.python, InitType::OnDemand);
             pool.template = Some((revision_id.clone(), template, runtime));
         }
         let (_, template, runtime) = pool.template.as_ref().expect("just set");
-        let line = specialize_line(template.plan(), runtime)?;
+        let line = if provisioned {
+            let runtime = runtime_section(&spec, &self.python, InitType::Provisioned);
+            specialize_line(template.plan(), &runtime)?
+        } else {
+            specialize_line(template.plan(), runtime)?
+        };
         let limits = Limits::for_function(spec.memory_mb, self.host_cpus);
         let env = self.envs.get_mut(&id).ok_or("the blank vanished")?;
         if let Some(cg) = env.cgroup.as_ref() {
             cg.set_limits(&limits.for_init(self.host_cpus))?;
         }
         env.function = function.to_string();
+        env.provisioned = provisioned;
         env.revision_id = revision_id;
         env.code_revision = code_revision;
         env.memory_mb = spec.memory_mb;
@@ -1071,7 +1153,7 @@ impl Supervisor {
             })
             .count();
         let mut have = self.blanks.len() + on_the_way;
-        while have < self.opts.prewarm && self.envs.len() < ACCOUNT_CONCURRENCY {
+        while have < self.opts.prewarm {
             if let Err(e) = self.spawn_blank(None) {
                 info!("cannot make a blank environment: {e}; retrying in {BLANK_BACKOFF:?}");
                 self.blank_backoff_until = Instant::now() + BLANK_BACKOFF;
@@ -1205,15 +1287,17 @@ impl Supervisor {
         match (msg.t, &env.state) {
             ("blank", EnvState::Blank { ready: false }) => {
                 let reserved = env.reserved_for.clone();
+                let provisioned = env.provisioned;
                 match reserved {
                     Some(function) if self.registry.get(&function).is_some() => {
-                        if let Err(e) = self.specialize(id, &function) {
+                        if let Err(e) = self.specialize(id, &function, provisioned) {
                             info!("env {id}: cannot specialise for {function}: {e}");
                             self.env_failed(id, None);
                         }
                     }
                     _ => {
                         env.reserved_for = None;
+                        env.provisioned = false;
                         env.state = EnvState::Blank { ready: true };
                         self.blanks.push(id);
                         // A waiting invoke of any function may take it.
@@ -1230,7 +1314,11 @@ impl Supervisor {
                 }
             }
             ("ready", EnvState::Starting) => {
-                env.init_duration = Some(env.spawned_at.elapsed());
+                // A provisioned environment's init is not part of any
+                // invoke: its first REPORT has no Init Duration (as on Lambda).
+                if !env.provisioned {
+                    env.init_duration = Some(env.spawned_at.elapsed());
+                }
                 // Init ran with at least one vCPU; invokes get the function's share.
                 if let Some(cg) = env.cgroup.as_ref() {
                     if let Err(e) = cg.set_cpu(&env.limits) {
@@ -1239,8 +1327,13 @@ impl Supervisor {
                     }
                 }
                 let function = env.function.clone();
+                let provisioned = env.provisioned;
                 if let Some(pool) = self.pools.get_mut(&function) {
-                    pool.starting = pool.starting.saturating_sub(1);
+                    if provisioned {
+                        pool.provision_failure = None;
+                    } else {
+                        pool.starting = pool.starting.saturating_sub(1);
+                    }
                 }
                 self.env_idle(id);
             }
@@ -1324,9 +1417,18 @@ impl Supervisor {
         if !current {
             return self.destroy_env(id, EndReason::Retired);
         }
+        let provisioned = env.provisioned;
         let pool = self.pools.entry(function).or_default();
         if let Some(inv) = pool.pending.pop_front() {
             self.run_on(id, inv);
+        } else if !self.starved.is_empty() && !provisioned {
+            // Another function waits for room: this one makes it.
+            self.destroy_env(id, EndReason::Reclaimed);
+            for f in std::mem::take(&mut self.starved) {
+                self.schedule(&f);
+            }
+        } else if provisioned {
+            pool.idle_provisioned.push(id);
         } else {
             pool.idle.push(id);
         }
@@ -1482,7 +1584,23 @@ impl Supervisor {
                     .map(|s| s.describe())
                     .unwrap_or_else(|| "exited".into());
                 let elapsed = env.spawned_at.elapsed();
+                let provisioned = env.provisioned;
                 self.destroy_env(id, EndReason::Failed);
+                if provisioned {
+                    // Nobody waits for it: the status says why, and
+                    // provisioning is tried again after a pause.
+                    if !lost_with_zygote || init_error.is_some() {
+                        let reason = provision_failure_reason(init_error.as_deref(), &detail);
+                        info!(
+                            "{function}: a provisioned environment failed to initialise: {reason}"
+                        );
+                        if let Some(pool) = self.pools.get_mut(&function) {
+                            pool.provision_failure = Some(reason);
+                            pool.provision_retry_at = Some(Instant::now() + PROVISION_BACKOFF);
+                        }
+                    }
+                    return;
+                }
                 if let Some(pool) = self.pools.get_mut(&function) {
                     pool.starting = pool.starting.saturating_sub(1);
                 }
@@ -1649,6 +1767,7 @@ impl Supervisor {
         self.log_backlog.retain(|&e| e != id);
         if let Some(pool) = self.pools.get_mut(&env.function) {
             pool.idle.retain(|&e| e != id);
+            pool.idle_provisioned.retain(|&e| e != id);
         }
         self.blanks.retain(|&e| e != id);
         if let EnvState::Busy(mut inv) = std::mem::replace(&mut env.state, EnvState::Starting) {
@@ -1890,9 +2009,10 @@ impl Supervisor {
         let expired: Vec<u64> = self
             .envs
             .values()
-            .filter(
-                |e| matches!(e.state, EnvState::Idle { since } if since.elapsed() >= keep_alive),
-            )
+            .filter(|e| {
+                !e.provisioned
+                    && matches!(e.state, EnvState::Idle { since } if since.elapsed() >= keep_alive)
+            })
             .map(|e| e.id)
             .collect();
         for id in expired {
@@ -1905,6 +2025,10 @@ impl Supervisor {
             .chain(self.zygote.as_ref().map(|z| z.pidfd.pid()))
             .collect();
         pidfd::reap_untracked(|pid| tracked.contains(&pid));
+        for f in std::mem::take(&mut self.starved) {
+            self.schedule(&f);
+        }
+        self.provision_all();
         if self.zygote.is_none() {
             if let Err(e) = self.start_zygote() {
                 info!("cannot start the zygote: {e}");
@@ -2070,7 +2194,7 @@ fn specialize_line(
 
 /// The runtime section of a spawn request (docs/architecture.md § runtime):
 /// the handler and the environment variables Lambda defines.
-fn runtime_section(spec: &FunctionSpec, python: &HostPython) -> Box<RawValue> {
+fn runtime_section(spec: &FunctionSpec, python: &HostPython, init: InitType) -> Box<RawValue> {
     let name = &spec.name;
     let mut env: std::collections::BTreeMap<String, String> = spec.environment.clone();
     let log_stream = format!(
@@ -2090,7 +2214,7 @@ fn runtime_section(spec: &FunctionSpec, python: &HostPython) -> Box<RawValue> {
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_string()),
         ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
         ("AWS_LAMBDA_LOG_STREAM_NAME", log_stream.clone()),
-        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_string()),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", init.as_str().to_string()),
         ("AWS_REGION", "us-east-1".to_string()),
         ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
         ("AWS_EXECUTION_ENV", format!("AWS_Lambda_python{major_minor}")),
@@ -2127,6 +2251,38 @@ fn runtime_section(spec: &FunctionSpec, python: &HostPython) -> Box<RawValue> {
         "log_stream_name": log_stream,
     });
     RawValue::from_string(v.to_string()).expect("json! serialises")
+}
+
+/// How an environment came to be initialised (AWS_LAMBDA_INITIALIZATION_TYPE).
+#[derive(Debug, Clone, Copy)]
+enum InitType {
+    OnDemand,
+    Provisioned,
+}
+
+impl InitType {
+    fn as_str(self) -> &'static str {
+        match self {
+            InitType::OnDemand => "on-demand",
+            InitType::Provisioned => "provisioned-concurrency",
+        }
+    }
+}
+
+/// The StatusReason of a provisioned-concurrency config whose environment
+/// failed its init: Lambda's code, then what the runtime said.
+fn provision_failure_reason(init_error: Option<&str>, exit: &str) -> String {
+    let said = init_error
+        .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw).ok())
+        .map(|v| {
+            format!(
+                "{}: {}",
+                v["errorType"].as_str().unwrap_or("Runtime.Unknown"),
+                v["errorMessage"].as_str().unwrap_or("")
+            )
+        })
+        .unwrap_or_else(|| format!("the runtime exited during init: {exit}"));
+    format!("FUNCTION_ERROR_INIT_FAILURE: {said}")
 }
 
 fn bind_socket(opts: &ServeOptions) -> Result<UnixListener, Box<dyn std::error::Error>> {
