@@ -120,6 +120,17 @@ pub enum Command {
     DeleteProvisionedConcurrencyConfig(FunctionNameArg),
     /// Show the account's concurrency limit and unreserved concurrency.
     GetAccountSettings,
+    /// Print per-function metrics (invocations, errors, throttles, cold
+    /// starts, concurrency, duration and memory percentiles) in the
+    /// Prometheus text format.
+    Metrics(MetricsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Print the GetMetrics answer as JSON instead.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -370,6 +381,8 @@ enum Output {
     },
     /// Log lines as text.
     Lines,
+    /// A metrics snapshot in the Prometheus text format.
+    Prometheus,
 }
 
 /// What a command line asks for.
@@ -560,6 +573,14 @@ fn action(cli: Cli) -> Result<Action, CliError> {
             Request::new(op::GET_ACCOUNT_SETTINGS, &protocol::ListFunctions {}),
             Output::Json,
         ),
+        Command::Metrics(args) => (
+            Request::new(op::GET_METRICS, &protocol::ListFunctions {}),
+            if args.json {
+                Output::Json
+            } else {
+                Output::Prometheus
+            },
+        ),
     };
     Ok(Action::Call {
         socket,
@@ -695,6 +716,10 @@ fn show(
     match output {
         Output::Quiet => Ok(()),
         Output::Json => writeln!(stdout, "{}", json::pretty(result.get())).map_err(stdout_error),
+        Output::Prometheus => {
+            let snapshot: crate::metrics::Snapshot = parse_result(result)?;
+            write!(stdout, "{}", crate::metrics::render_prometheus(&snapshot)).map_err(stdout_error)
+        }
         Output::Lines => {
             let lines: LogLines = parse_result(result)?;
             for line in &lines.lines {

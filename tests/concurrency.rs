@@ -502,3 +502,96 @@ fn a_provisioned_init_failure_is_reported_and_limits_are_checked() {
     );
     c.finish();
 }
+
+#[test]
+fn metrics_count_invocations_errors_throttles_and_cold_starts() {
+    if !require_root() {
+        return;
+    }
+    let sup = Supervisor::start();
+    let mut c = Checks::new("metrics");
+    sup.create_python(
+        "counted",
+        &[("app.py", APP)],
+        "app.handler",
+        json!({"Timeout": 30}),
+    );
+    sup.create_python("untouched", &[("app.py", APP)], "app.handler", json!({}));
+    sup.invoke_ok("counted", json!({}));
+    sup.invoke_ok("counted", json!({}));
+    let failed = sup.invoke("counted", json!({"raise": true}));
+    c.check(
+        failed.get("FunctionError").is_some(),
+        "the third invoke fails",
+    );
+    sup.request(
+        "PutFunctionConcurrency",
+        json!({"FunctionName": "counted", "ReservedConcurrentExecutions": 1}),
+    )
+    .expect("reserve");
+    let pair = invoke_many(&sup, "counted", 2, json!({"seconds": 1}));
+    c.eq(
+        "one of two concurrent invokes is throttled",
+        pair.iter().filter(|a| throttle_reason(a).is_some()).count(),
+        1,
+    );
+
+    let m = sup.request("GetMetrics", json!({})).unwrap_or_default();
+    let f = m["Functions"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["FunctionName"] == "counted"))
+        .cloned()
+        .unwrap_or_default();
+    c.eq(
+        "invocations",
+        f["Counters"]["Invocations"].clone(),
+        json!(4),
+    );
+    c.eq(
+        "errors",
+        f["Counters"]["Errors"]["Function"].clone(),
+        json!(1),
+    );
+    c.eq("cold starts", f["Counters"]["ColdStarts"].clone(), json!(1));
+    c.eq(
+        "throttles",
+        f["Counters"]["Throttles"]["ReservedFunctionConcurrentInvocationLimitExceeded"].clone(),
+        json!(1),
+    );
+    c.check(
+        f["DurationMs"]["Max"].as_f64().unwrap_or(0.0) >= 1000.0,
+        format_args!("the slowest invoke slept a second: {}", f["DurationMs"]),
+    );
+    c.check(
+        f["MaxMemoryUsedMb"]["P50"].as_f64().unwrap_or(0.0) > 1.0,
+        format_args!("memory used is measured: {}", f["MaxMemoryUsedMb"]),
+    );
+    c.eq(
+        "idle environments",
+        f["Gauges"]["EnvironmentsIdle"].clone(),
+        json!(1),
+    );
+    c.eq(
+        "reserved concurrency gauge",
+        f["Gauges"]["ReservedConcurrency"].clone(),
+        json!(1),
+    );
+
+    let run = common::cli(&sup.socket, &["metrics"]);
+    c.eq("lambdalet metrics exit status", run.code, Some(0));
+    for line in [
+        "# TYPE lambdalet_invocations_total counter",
+        "lambdalet_invocations_total{function=\"counted\"} 4",
+        "lambdalet_invocations_total{function=\"untouched\"} 0",
+        "lambdalet_cold_starts_total{function=\"counted\"} 1",
+        "lambdalet_throttles_total{function=\"counted\",reason=\"ReservedFunctionConcurrentInvocationLimitExceeded\"} 1",
+        "lambdalet_duration_seconds_count{function=\"counted\"} 4",
+        "lambdalet_account_concurrency_limit 1000",
+    ] {
+        c.check(
+            run.stdout.lines().any(|l| l == line),
+            format_args!("the Prometheus text has {line:?}"),
+        );
+    }
+    c.finish();
+}

@@ -1221,8 +1221,16 @@ fn cold_starts_take_a_blank_made_ahead_of_time_and_the_pool_refills() {
     };
     let blanks = wait_for(2);
     c.eq("blank environments made at start", blanks.len(), 2);
-    // Give the blanks time to finish their set-up (they say "blank" then).
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait until both finished their set-up (they say "blank" then, and
+    // the metrics count them as ready blanks).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let m = sup.request("GetMetrics", json!({})).unwrap_or_default();
+        if m["Account"]["BlankEnvironments"] == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     sup.create_python("pooled", &[("app.py", APP)], "app.handler", json!({}));
     let r = sup.invoke_ok("pooled", json!({}));
     let uid = r["uid"].as_u64().unwrap_or(0) as u32;

@@ -26,6 +26,7 @@ use super::pidfd::{self, PidFd};
 use super::zygote::{self, Zygote, ZygoteReport};
 use super::ServeOptions;
 use crate::config::FunctionSpec;
+use crate::metrics::{self, Metrics};
 use crate::protocol::{
     self, op, ErrorKind, FunctionList, InvokeResult, LogLines, LogType, RequestLine, WireError,
     MAX_LINE_BYTES, MAX_SYNC_PAYLOAD_BYTES,
@@ -174,6 +175,7 @@ pub struct Supervisor {
     deletes: Vec<(String, Token, serde_json::Value)>,
     /// The account's concurrency limit and in-flight counts.
     account: Account,
+    metrics: Metrics,
     shutting_down: bool,
 }
 
@@ -299,6 +301,7 @@ impl Supervisor {
             starved: BTreeSet::new(),
             deletes: Vec::new(),
             account: Account::new(max_concurrency),
+            metrics: Metrics::new(),
             shutting_down: false,
         };
         sup.update_reserved_total();
@@ -736,6 +739,7 @@ impl Supervisor {
             op::GET_PROVISIONED_CONCURRENCY_CONFIG => self.op_get_provisioned(params),
             op::DELETE_PROVISIONED_CONCURRENCY_CONFIG => self.op_delete_provisioned(params),
             op::GET_ACCOUNT_SETTINGS => self.op_account_settings(params),
+            op::GET_METRICS => self.op_metrics(params),
             op::GET_LOGS => parse::<protocol::GetLogs>(params).and_then(|p| {
                 let name = match self.registry.get(&p.function_name) {
                     Some(f) => f.spec.name.clone(),
@@ -825,6 +829,7 @@ impl Supervisor {
         if let Err(e) = self.logs.remove(&name) {
             info!("cannot remove the logs of {name}: {e}");
         }
+        self.metrics.forget(&name);
         info!("deleted function {name}");
         self.deletes.push((name.clone(), t, id));
         let ids: Vec<u64> = self
@@ -885,7 +890,10 @@ impl Supervisor {
         let pool = self.pools.entry(function.clone()).or_default();
         let slot = match self.account.admit(&pool.in_flight, reserved) {
             Ok(slot) => slot,
-            Err(throttle) => return self.reply(t, &id, Err(throttle.into())),
+            Err(throttle) => {
+                self.metrics.throttled(&function, throttle.reason());
+                return self.reply(t, &id, Err(throttle.into()));
+            }
         };
         let inv = Invocation {
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -979,8 +987,9 @@ impl Supervisor {
             .envs
             .values()
             .filter(|e| {
-                !e.provisioned
-                    && !(matches!(e.state, EnvState::Blank { .. }) && e.reserved_for.is_none())
+                let pooled_blank =
+                    matches!(e.state, EnvState::Blank { .. }) && e.reserved_for.is_none();
+                !e.provisioned && !pooled_blank
             })
             .count();
         if on_demand < self.account.max() as usize {
@@ -1635,6 +1644,17 @@ impl Supervisor {
                         ),
                     ),
                 };
+                // The invoke ran as far as the init: Lambda counts it, with
+                // the init as its duration.
+                self.metrics.invoked(
+                    &function,
+                    &metrics::Observation {
+                        duration: elapsed,
+                        max_memory_used_mb: 0,
+                        error: Some(metrics::ErrorClass::Runtime),
+                        init_duration: Some(elapsed),
+                    },
+                );
                 self.answer_function_error(inv, body);
                 self.schedule(&function);
             }
@@ -1682,6 +1702,21 @@ impl Supervisor {
                 status, error_type, ..
             } => (*status, status.map(|_| error_type.as_str())),
         };
+        let error = match (&outcome, status) {
+            (Outcome::Success(_), _) => None,
+            (_, None) => Some(metrics::ErrorClass::Function),
+            (_, Some("timeout")) => Some(metrics::ErrorClass::Timeout),
+            (_, Some(_)) => Some(metrics::ErrorClass::Runtime),
+        };
+        self.metrics.invoked(
+            &env.function,
+            &metrics::Observation {
+                duration,
+                max_memory_used_mb: peak.div_ceil(1024 * 1024),
+                error,
+                init_duration: init,
+            },
+        );
         let end = invoke::end_line(&inv.request_id);
         let report = invoke::report_line(
             &inv.request_id,

@@ -1,9 +1,11 @@
 //! Reserved and provisioned concurrency: the operations that set them, and
 //! keeping a function's provisioned environments allocated.
 
+use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
 
 use super::{ok_json, parse, EndReason, Supervisor};
+use crate::metrics::{AccountGauges, FunctionGauges};
 use crate::protocol::{
     self, AccountLimit, AccountSettings, AccountUsage, ErrorKind, FunctionConcurrency,
     ProvisionedConcurrencyConfig, WireError,
@@ -130,6 +132,48 @@ impl Supervisor {
                 function_count: self.registry.list().count() as u32,
             },
         }))
+    }
+
+    /// GetMetrics: the counters, with the gauges as they are now.
+    pub(super) fn op_metrics(&mut self, params: &str) -> Result<String, WireError> {
+        let _: protocol::ListFunctions = parse(params)?;
+        let mut gauges: BTreeMap<String, FunctionGauges> = self
+            .registry
+            .list()
+            .map(|f| {
+                let g = FunctionGauges {
+                    concurrent_executions: self
+                        .pools
+                        .get(&f.spec.name)
+                        .map_or(0, |p| u64::from(p.in_flight.get())),
+                    reserved_concurrency: f.concurrency.reserved,
+                    provisioned_concurrency: f.concurrency.provisioned.map(|p| p.count),
+                    ..FunctionGauges::default()
+                };
+                (f.spec.name.clone(), g)
+            })
+            .collect();
+        for e in self.envs.values() {
+            let Some(g) = gauges.get_mut(&e.function) else {
+                continue; // a blank
+            };
+            match e.state {
+                EnvState::Idle { .. } => g.environments_idle += 1,
+                EnvState::Busy(_) => g.environments_busy += 1,
+                EnvState::Starting | EnvState::Blank { .. } => g.environments_starting += 1,
+            }
+            if e.provisioned && matches!(e.state, EnvState::Idle { .. } | EnvState::Busy(_)) {
+                g.provisioned_ready += 1;
+            }
+        }
+        let account = AccountGauges {
+            concurrency_limit: u64::from(self.account.max()),
+            unreserved_concurrency: u64::from(self.account.unreserved_limit()),
+            concurrent_executions: u64::from(self.account.in_flight()),
+            blank_environments: self.blanks.len() as u64,
+            environments: self.envs.len() as u64,
+        };
+        Ok(ok_json(&self.metrics.snapshot(&gauges, account)))
     }
 
     /// The provisioned environments of `function`'s current revision, made
