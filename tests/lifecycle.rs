@@ -921,12 +921,7 @@ fn after_kill_9_a_restart_cleans_the_old_run_and_keeps_functions() {
         pids.len() >= 2,
         format_args!("processes of the environment: {pids:?}"),
     );
-    let zygotes: Vec<i32> = common::all_processes()
-        .into_iter()
-        .filter(|p| p.ppid == sup_pid && !p.zombie)
-        .map(|p| p.pid)
-        .filter(|p| common::describe_pid(*p).contains("zygote"))
-        .collect();
+    let zygotes = common::zygote_pids(sup_pid);
     c.check(
         !zygotes.is_empty(),
         "the zygote is a child of the supervisor",
@@ -981,11 +976,9 @@ fn a_dead_zygote_is_restarted() {
     sup.create_python("z2", &[("app.py", APP)], "app.handler", json!({}));
     let warm = sup.invoke_ok("z1", json!({}))["token"].clone();
     let sup_pid = sup.pid();
-    let zygote = common::all_processes()
-        .into_iter()
-        .filter(|p| p.ppid == sup_pid && !p.zombie)
-        .map(|p| p.pid)
-        .find(|p| common::describe_pid(*p).contains("zygote"));
+    // Environments' PID 1s are the supervisor's children too, forked from
+    // the zygote: only the zygote shares the supervisor's PID namespace.
+    let zygote = common::zygote_pids(sup_pid).first().copied();
     let Some(zygote) = zygote else {
         c.fail("no zygote child of the supervisor found");
         return c.finish();

@@ -1524,6 +1524,11 @@ impl Supervisor {
         let status =
             status.or_else(|| env.pidfd.as_ref().and_then(|p| p.try_wait().ok().flatten()));
         self.pump_log(id, usize::MAX);
+        // A spawn request the zygote died with, unread, closes the blank's
+        // worker channel, maybe before the zygote's pidfd event: reading
+        // the zygote's channel to its end tells (Zygote::closed).
+        self.read_zygote();
+        let zygote_gone = self.zygote.as_ref().is_none_or(|z| z.closed());
         let env = self.envs.get_mut(&id).expect("present");
         let oom = env
             .cgroup
@@ -1533,7 +1538,7 @@ impl Supervisor {
         // Only a blank still being built depends on its zygote: one that
         // died with it is lost, not failed.
         let lost_with_zygote = matches!(env.state, EnvState::Blank { ready: false })
-            && env.zygote_generation != self.zygote_generation;
+            && (env.zygote_generation != self.zygote_generation || zygote_gone);
         match std::mem::replace(&mut env.state, EnvState::Starting) {
             EnvState::Busy(inv) => {
                 let inv = *inv;
@@ -2057,6 +2062,13 @@ impl Supervisor {
             .envs
             .values()
             .filter_map(|e| e.pidfd.as_ref().map(PidFd::pid))
+            // An ended environment's PID 1 is reaped by reap_dying through
+            // its pidfd; reaped here, waitid(P_PIDFD) says ECHILD forever.
+            .chain(
+                self.dying
+                    .values()
+                    .filter_map(|d| d.pidfd.as_ref().map(PidFd::pid)),
+            )
             .chain(self.zygote.as_ref().map(|z| z.pidfd.pid()))
             .collect();
         pidfd::reap_untracked(|pid| tracked.contains(&pid));

@@ -82,6 +82,9 @@ pub struct Zygote {
     pub pidfd: PidFd,
     channel: OwnedFd,
     queue: VecDeque<Pending>,
+    /// The zygote closed its end of the channel: it is dead or dying, and
+    /// its pidfd event may not have been handled yet.
+    closed: bool,
 }
 
 /// Write the embedded runtime files below `dir` (state dir), returning the dir.
@@ -168,7 +171,18 @@ impl Zygote {
             pidfd,
             channel: ours,
             queue: VecDeque::new(),
+            closed: false,
         })
+    }
+
+    /// Whether the zygote has closed its end of the channel, as `recv` or
+    /// `flush` found. The kernel shuts the channel down before it drops the
+    /// requests queued in it (unix_release_sock), so once a blank's worker
+    /// socket closes because its request was dropped unread, reading the
+    /// channel to its end makes this true: that blank was lost with its
+    /// zygote, whether or not the zygote's pidfd event was handled yet.
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 
     pub fn channel_fd(&self) -> RawFd {
@@ -201,6 +215,14 @@ impl Zygote {
                     self.queue.pop_front();
                 }
                 Err(nix::Error::EAGAIN) => return Ok(()),
+                // The zygote died and the supervisor has not seen its pidfd
+                // event yet: the requests stay queued, for the next zygote
+                // (`take_queue`), instead of failing the cold starts that
+                // wait for them.
+                Err(nix::Error::EPIPE | nix::Error::ECONNRESET) => {
+                    self.closed = true;
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -212,7 +234,11 @@ impl Zygote {
     pub fn recv(&mut self) -> io::Result<Option<ZygoteReport>> {
         let mut buf = vec![0u8; MAX_REPORT];
         match recv(self.channel.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+            // ECONNRESET: it closed its end with requests of ours unread.
+            Ok(0) | Err(nix::Error::ECONNRESET) => {
+                self.closed = true;
+                Err(io::ErrorKind::UnexpectedEof.into())
+            }
             Ok(n) => serde_json::from_slice(&buf[..n])
                 .map(Some)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),

@@ -210,6 +210,12 @@ impl Supervisor {
         self.child.as_ref().expect("running").id() as i32
     }
 
+    /// The supervisor's host PID, or None when it is not running (after
+    /// `stop` or `kill9`).
+    pub fn running_pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     /// Everything every run wrote on stderr so far.
     pub fn stderr(&self) -> String {
         let mut out = String::new();
@@ -623,6 +629,21 @@ pub fn wait_gone(pids: &[i32], wait: Duration) -> Vec<i32> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The supervisor's zygotes: its live children whose command line runs
+/// the runtime's zygote and that share its PID namespace. Environments'
+/// PID 1s are its children too (it is their subreaper) and, forked from a
+/// zygote, have the same command line; only their PID namespace differs.
+pub fn zygote_pids(sup_pid: i32) -> Vec<i32> {
+    let pid_ns = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let sup_ns = pid_ns(sup_pid);
+    all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == sup_pid && !p.zombie)
+        .map(|p| p.pid)
+        .filter(|&p| describe_pid(p).contains("zygote") && pid_ns(p) == sup_ns)
+        .collect()
 }
 
 /// Lines of a mountinfo file that mention `needle`.
