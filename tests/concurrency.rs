@@ -336,7 +336,7 @@ fn provisioned_environments_are_initialised_before_the_first_invoke() {
     if !require_root() {
         return;
     }
-    let sup = Supervisor::start_with(&["--prewarm", "0", "--keep-alive", "1"]);
+    let mut sup = Supervisor::start_with(&["--prewarm", "0", "--keep-alive", "1"]);
     let mut c = Checks::new("provisioned concurrency");
     sup.create_python(
         "warm",
@@ -420,6 +420,16 @@ fn provisioned_environments_are_initialised_before_the_first_invoke() {
             .filter_map(payload)
             .all(|p| p["init_type"] == "provisioned-concurrency"),
         format_args!("provisioned environments serve first: {warm:?}"),
+    );
+
+    // The config persists: a restarted supervisor provisions again.
+    sup.stop();
+    sup.restart();
+    let status = wait_status(&sup, "warm", "READY", Duration::from_secs(20));
+    c.eq(
+        "available after a restart",
+        status["AvailableProvisionedConcurrentExecutions"].clone(),
+        json!(2),
     );
 
     // Lowering the count ends one; deleting the config ends the rest.
