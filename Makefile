@@ -5,7 +5,7 @@ STATE_DIR ?= $(CURDIR)/.state
 SOCKET ?= $(STATE_DIR)/lambdalet.sock
 BIN := target/release/lambdalet
 
-.PHONY: build run test test-cgroup2 lint bench clean
+.PHONY: build run test test-cgroup2 lint bench bench-load clean
 
 build:
 	$(CARGO) build --release
@@ -25,8 +25,15 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# The benchmarks (root; docs/benchmarks.md): cold start, warm invokes, a
+# burst of 200 cold starts, the memory of 1000 idle environments; a few
+# minutes each. `bench-load` is the 60 s mixed load (10 functions × 50
+# clients), apart because it keeps both CPUs busy for over a minute.
 bench: build
-	$(CARGO) bench --bench coldstart --bench warm
+	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density
+
+bench-load: build
+	$(CARGO) bench --bench load
 
 clean:
 	$(CARGO) clean

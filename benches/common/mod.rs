@@ -385,6 +385,11 @@ impl Client {
         Ok(v["result"].take())
     }
 
+    /// A read that waits longer than `timeout` fails (None: waits forever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.writer.set_read_timeout(timeout)
+    }
+
     /// Writes pre-formatted request bytes (one or more whole lines).
     pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.writer.write_all(bytes)
@@ -535,4 +540,591 @@ pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+// ---- many invokes at once ----------------------------------------------------
+
+/// One answer of a batch: when its request was written, when its answer was
+/// read, and the response (`result` or `error`).
+pub struct Answer {
+    pub sent: Instant,
+    pub received: Instant,
+    pub response: Value,
+}
+
+impl Answer {
+    pub fn latency(&self) -> Duration {
+        self.received.saturating_duration_since(self.sent)
+    }
+}
+
+/// Writes one Invoke of `function` per payload, spread round-robin over
+/// `connections` connections (each connection's requests in one write, all
+/// connections one after the other, before any answer is read), and reads
+/// every answer as it comes, one reader thread per connection, so that each
+/// answer is timed when it arrives. Answers come back in the order they
+/// complete (docs/protocol.md § Pipelining): they are matched by id and
+/// returned in the order of `payloads`. An answer not read within
+/// `timeout` of the first write is an error (a hang fails the bench).
+pub fn invoke_batch(
+    socket: &Path,
+    function: &str,
+    payloads: &[Value],
+    connections: usize,
+    timeout: Duration,
+) -> Result<Vec<Answer>, Error> {
+    let connections = connections.clamp(1, payloads.len().max(1));
+    let mut streams = Vec::with_capacity(connections);
+    let mut batches = vec![Vec::new(); connections];
+    let mut counts = vec![0usize; connections];
+    for (i, p) in payloads.iter().enumerate() {
+        let c = i % connections;
+        let mut line = serde_json::to_vec(&serde_json::json!({
+            "id": i, "op": "Invoke", "params": {"FunctionName": function, "Payload": p}
+        }))?;
+        line.push(b'\n');
+        batches[c].extend_from_slice(&line);
+        counts[c] += 1;
+    }
+    for _ in 0..connections {
+        let s = UnixStream::connect(socket)?;
+        s.set_read_timeout(Some(timeout))?;
+        streams.push(s);
+    }
+    type Read = Result<Vec<(Instant, Value)>, String>;
+    let mut readers: Vec<std::thread::JoinHandle<Read>> = Vec::with_capacity(connections);
+    for (s, &n) in streams.iter().zip(&counts) {
+        let mut r = BufReader::with_capacity(1 << 16, s.try_clone()?);
+        readers.push(std::thread::spawn(move || -> Read {
+            let mut got = Vec::with_capacity(n);
+            let mut line = Vec::with_capacity(1024);
+            while got.len() < n {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) => return Err("the supervisor closed the connection".into()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(format!("after {} of {n} answers: {e}", got.len()));
+                    }
+                }
+                let at = Instant::now();
+                let v: Value = serde_json::from_slice(&line).map_err(|e| e.to_string())?;
+                got.push((at, v));
+            }
+            Ok(got)
+        }));
+    }
+    let mut sent = vec![Instant::now(); connections];
+    for (c, s) in streams.iter_mut().enumerate() {
+        sent[c] = Instant::now();
+        s.write_all(&batches[c])?;
+    }
+    let mut answers: Vec<Option<Answer>> = (0..payloads.len()).map(|_| None).collect();
+    for (c, h) in readers.into_iter().enumerate() {
+        let got = h.join().map_err(|_| "reader thread panicked")??;
+        for (received, response) in got {
+            let id = response["id"]
+                .as_u64()
+                .filter(|&id| (id as usize) < answers.len())
+                .ok_or_else(|| format!("an answer with an unexpected id: {response}"))?;
+            answers[id as usize] = Some(Answer {
+                sent: sent[c],
+                received,
+                response,
+            });
+        }
+    }
+    answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| a.ok_or_else(|| format!("no answer for request {i}").into()))
+        .collect()
+}
+
+/// `Init Duration` of the REPORT lines of `function`'s newest invokes, by
+/// request id (cold starts only carry one).
+pub fn init_durations(
+    client: &mut Client,
+    function: &str,
+    limit: usize,
+) -> Result<std::collections::HashMap<String, Duration>, Error> {
+    let logs = client.call(
+        "GetLogs",
+        serde_json::json!({"FunctionName": function, "Limit": limit}),
+    )?;
+    let lines = logs["Lines"].as_array().ok_or("GetLogs: no Lines")?;
+    let mut out = std::collections::HashMap::new();
+    for l in lines.iter().filter_map(|l| l.as_str()) {
+        let Some(rest) = l.strip_prefix("REPORT RequestId: ") else {
+            continue;
+        };
+        let mut fields = rest.split('\t');
+        let id = fields.next().unwrap_or_default().trim().to_string();
+        let init = fields.find_map(|f| {
+            f.trim()
+                .strip_prefix("Init Duration:")?
+                .trim()
+                .strip_suffix(" ms")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        });
+        if let Some(ms) = init {
+            out.insert(id, Duration::from_secs_f64(ms / 1e3));
+        }
+    }
+    Ok(out)
+}
+
+// ---- the supervisor's processes and cgroups -----------------------------------
+
+impl Supervisor {
+    /// Deploys `code` as `name` with a memory size and a timeout, and invokes
+    /// it until it answers (as [`Supervisor::deploy`]).
+    pub fn deploy_with_timeout(
+        &self,
+        name: &str,
+        code: &Path,
+        memory_mb: u32,
+        timeout_s: u32,
+    ) -> Result<(), Error> {
+        let mut c = self.client()?;
+        c.call(
+            "CreateFunction",
+            serde_json::json!({
+                "FunctionName": name,
+                "Runtime": "python3",
+                "Handler": "app.handler",
+                "Code": {"Path": code},
+                "MemorySize": memory_mb,
+                "Timeout": timeout_s,
+            }),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match c.call(
+                "Invoke",
+                serde_json::json!({"FunctionName": name, "Payload": {}}),
+            ) {
+                Ok(r) if r.get("FunctionError").is_none() => return Ok(()),
+                Ok(r) => return Err(format!("{name} failed: {r}\n{}", self.log_text()).into()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("{name} never answered: {e}\n{}", self.log_text()).into())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// The environments' cgroups (blanks included): the directories below
+    /// the bench's parent in the memory hierarchy (cgroup v1), else in the
+    /// unified one.
+    pub fn env_cgroups(&self) -> Vec<PathBuf> {
+        for root in [
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/unified",
+        ] {
+            let dir = Path::new(root).join(&self.cgroup_parent);
+            if !dir.join("cgroup.procs").is_file() {
+                continue;
+            }
+            let mut envs: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.join("cgroup.procs").is_file())
+                        .collect()
+                })
+                .unwrap_or_default();
+            envs.sort();
+            return envs;
+        }
+        Vec::new()
+    }
+
+    /// The python zygote: the supervisor's child that runs `zygote.py` and
+    /// is in none of the environments' cgroups (environments are forked
+    /// from it and reparented to the supervisor, so they look alike).
+    pub fn zygote_pid(&self) -> Option<u32> {
+        children_of(self.pid()).into_iter().find(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cgroups =
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains("zygote.py")
+                && !cgroups.contains(&self.cgroup_parent)
+        })
+    }
+
+    /// Lines of the supervisor's log other than the routine ones (start-up,
+    /// functions created and deleted, shutdown): what a bench should show.
+    pub fn unusual_log_lines(&self) -> Vec<String> {
+        const ROUTINE: [&str; 7] = [
+            "lambdalet: python ",
+            "lambdalet: serving on ",
+            "lambdalet: created function ",
+            "lambdalet: deleted function ",
+            "lambdalet: signal 15: shutting down",
+            "lambdalet: stopped",
+            "lambdalet: removed ",
+        ];
+        self.log_text()
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !ROUTINE.iter().any(|r| l.starts_with(r)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The pids in a cgroup (its `cgroup.procs`).
+pub fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// A number (bytes) from a one-value cgroup file such as `memory.usage_in_bytes`.
+pub fn cgroup_value(dir: &Path, file: &str) -> Option<u64> {
+    std::fs::read_to_string(dir.join(file))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn proc_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// The fields of /proc/PID/stat after the command name (field 3 onwards).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    proc_pids()
+        .filter(|&p| {
+            stat_fields(p).is_some_and(|f| f.get(1).and_then(|pp| pp.parse().ok()) == Some(pid))
+        })
+        .collect()
+}
+
+/// Processes in a cgroup whose path has the component `name`, in any
+/// hierarchy: what a bench's supervisor left behind if it is not empty.
+pub fn processes_in_cgroups_named(name: &str) -> Vec<u32> {
+    proc_pids()
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| {
+                c.lines()
+                    .any(|l| l.split('/').any(|component| component == name))
+            })
+        })
+        .collect()
+}
+
+/// CPU time of a process (user + system), and that of its children it has
+/// waited for, from /proc/PID/stat.
+pub fn cpu_time(pid: u32) -> Option<(Duration, Duration)> {
+    let f = stat_fields(pid)?;
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // Fields 14-17 (utime, stime, cutime, cstime), at 11-14 here.
+    let own = (tick(11) + tick(12)) as f64 / hz;
+    let children = (tick(13) + tick(14)) as f64 / hz;
+    Some((
+        Duration::from_secs_f64(own),
+        Duration::from_secs_f64(children),
+    ))
+}
+
+/// The host's CPU time, busy and total over all CPUs, from /proc/stat
+/// (busy: all but idle and iowait).
+pub fn host_cpu() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (Duration::ZERO, Duration::ZERO);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // guest and guest_nice (9, 10) are already counted in user and nice.
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (
+        Duration::from_secs_f64(total.saturating_sub(idle) as f64 / hz),
+        Duration::from_secs_f64(total as f64 / hz),
+    )
+}
+
+/// Waits (at most `max`) until the host's CPUs are idle but for `busy_frac`
+/// over a 200 ms window: the kernel's deferred teardown of environments
+/// (network namespaces, cgroups) and a refill of the pool are over. Returns
+/// whether it got quiet (a shared host may never be).
+pub fn wait_quiet(busy_frac: f64, max: Duration) -> bool {
+    let deadline = Instant::now() + max;
+    loop {
+        let (b0, t0) = host_cpu();
+        std::thread::sleep(Duration::from_millis(200));
+        let (b1, t1) = host_cpu();
+        let total = (t1 - t0).as_secs_f64();
+        if total > 0.0 && (b1 - b0).as_secs_f64() / total <= busy_frac {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+    }
+}
+
+/// A process's memory from /proc/PID/smaps_rollup, in KiB: RSS, PSS (shared
+/// pages divided among the processes that map them) and USS (its private
+/// pages, clean and dirty: what its exit gives back).
+#[derive(Clone, Copy, Default, Debug)]
+pub struct ProcMem {
+    pub rss: u64,
+    pub pss: u64,
+    pub uss: u64,
+}
+
+impl ProcMem {
+    pub fn of(pid: u32) -> Option<ProcMem> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+        let mut m = ProcMem::default();
+        for l in text.lines() {
+            let Some((key, value)) = l.split_once(':') else {
+                continue;
+            };
+            let kib = || {
+                value
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            match key {
+                "Rss" => m.rss = kib(),
+                "Pss" => m.pss = kib(),
+                "Private_Clean" | "Private_Dirty" => m.uss += kib(),
+                _ => {}
+            }
+        }
+        Some(m)
+    }
+
+    pub fn add(self, o: ProcMem) -> ProcMem {
+        ProcMem {
+            rss: self.rss + o.rss,
+            pss: self.pss + o.pss,
+            uss: self.uss + o.uss,
+        }
+    }
+}
+
+/// A field of /proc/meminfo (`MemAvailable`, …), in KiB.
+pub fn meminfo_kib(field: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A process's resident set (`VmRSS` of /proc/PID/status), in KiB.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// KiB as MiB with two decimals.
+pub fn mib(kib: u64) -> String {
+    format!("{:.2}", kib as f64 / 1024.0)
+}
+
+/// Whether `lambdalet serve --help` lists `flag` (a flag the supervisor may
+/// not have yet: pass it only if it does).
+pub fn serve_has_flag(bin: &Path, flag: &str) -> bool {
+    Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .any(|w| w == flag)
+        })
+}
+
+// ---- peers: bubblewrap --------------------------------------------------------
+
+/// `bwrap`, installing bubblewrap with apt-get if it is missing (None if that
+/// fails: the bubblewrap peers are then skipped).
+pub fn find_bwrap(bench: &str) -> Option<std::ffi::OsString> {
+    let found = || {
+        Command::new("sh")
+            .args(["-c", "command -v bwrap"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().into())
+    };
+    if let Some(b) = found() {
+        return Some(b);
+    }
+    eprintln!(
+        "{bench}: bwrap is missing: `apt-get install -y bubblewrap` (the bubblewrap peer needs it)"
+    );
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", "bubblewrap"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("{bench}: could not install bubblewrap; the bubblewrap peers are skipped");
+        return None;
+    }
+    found()
+}
+
+/// bubblewrap around the real python3 running `script` with `code` at
+/// /var/task (its argv[1]), as tightly as it allows: every namespace, the
+/// interpreter's prefix, /usr and the code dir read-only, its own /proc, a
+/// minimal /dev, a private /tmp (the coldstart bench's bubblewrap peer).
+pub fn bwrap_python_argv(
+    bwrap: &std::ffi::OsStr,
+    py: &Python,
+    code: &Path,
+    python_flags: &[&str],
+    script: &str,
+) -> Vec<std::ffi::OsString> {
+    use std::ffi::OsString;
+    let mut a: Vec<OsString> = vec![
+        bwrap.into(),
+        "--unshare-all".into(),
+        "--die-with-parent".into(),
+    ];
+    let ro = |a: &mut Vec<OsString>, src: &Path, dst: &Path| {
+        a.extend(["--ro-bind".into(), src.into(), dst.into()]);
+    };
+    ro(&mut a, &py.base_prefix, &py.base_prefix);
+    ro(&mut a, Path::new("/usr"), Path::new("/usr"));
+    // /lib, /lib64, /bin, /sbin: symlinks into /usr on a merged-/usr host,
+    // directories elsewhere.
+    for dir in ["/lib", "/lib64", "/lib32", "/bin", "/sbin"] {
+        let p = Path::new(dir);
+        match std::fs::read_link(p) {
+            Ok(target) => a.extend(["--symlink".into(), target.into(), p.into()]),
+            Err(_) if p.is_dir() => ro(&mut a, p, p),
+            Err(_) => {}
+        }
+    }
+    ro(&mut a, code, Path::new("/var/task"));
+    for x in [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--chdir",
+        "/var/task",
+        "--",
+    ] {
+        a.push(x.into());
+    }
+    a.push(py.executable.clone().into());
+    a.extend(python_flags.iter().map(OsString::from));
+    a.extend(["-c".into(), script.into(), "/var/task".into()]);
+    a
+}
+
+impl Supervisor {
+    /// The last `n` lines of the supervisor's log (for error messages).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// One line per process, for a bench that fails on processes that do not
+/// go: pid, parent, state, where it sleeps in the kernel (wchan) and the top
+/// of its kernel stack (root only), and its command.
+pub fn describe_processes(pids: &[u32]) -> String {
+    let mut out = String::new();
+    for &pid in pids {
+        let f = stat_fields(pid).unwrap_or_default();
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+        let top: Vec<&str> = stack
+            .lines()
+            .take(4)
+            .map(|l| l.split_whitespace().nth(1).unwrap_or(l))
+            .collect();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let _ = writeln!(
+            out,
+            "  pid {pid} ppid {} state {} wchan {wchan} stack [{}] {}",
+            f.get(1).map_or("?", String::as_str),
+            f.first().map_or("?", String::as_str),
+            top.join(" < "),
+            cmd.chars().take(80).collect::<String>()
+        );
+    }
+    out
+}
+
+/// Markdown for unusual supervisor log lines: each kind of line (numbers and
+/// ids blanked out) once, with how many times it came and one example.
+pub fn log_summary(what: &str, lines: &[String]) -> String {
+    if lines.is_empty() {
+        return format!("{what}: nothing but start-up and shutdown.\n");
+    }
+    let mut kinds: Vec<(String, usize, &str)> = Vec::new();
+    for l in lines {
+        let kind = l
+            .split(' ')
+            .map(|w| {
+                if w.chars().any(|c| c.is_ascii_digit()) {
+                    "#"
+                } else {
+                    w
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        match kinds.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some(k) => k.1 += 1,
+            None => kinds.push((kind, 1, l)),
+        }
+    }
+    let mut out = format!("{what}: {} unusual line(s):\n\n", lines.len());
+    for (_, count, example) in kinds.iter().take(20) {
+        let _ = writeln!(out, "- {count} × `{example}`");
+    }
+    out
 }
