@@ -56,6 +56,12 @@ const MAX_CONN_BACKLOG: usize = 16 * 1024 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// An invoke's log lines are kept until it ends, up to this many bytes.
 const INVOKE_LOG_BUFFER: usize = 256 * 1024;
+/// Environments being made at once, per host CPU. Making one is CPU work
+/// (the zygote's fork, the sandbox's set-up, the init), so more at once only
+/// queue behind each other: their Init Durations grow, their init clocks run
+/// while they wait, and in a burst of short invokes most of them end up
+/// unused because a warm environment took their invoke meanwhile.
+const STARTS_PER_CPU: usize = 4;
 /// How long to wait before provisioning again after a provisioned
 /// environment's init failed.
 const PROVISION_BACKOFF: Duration = Duration::from_secs(5);
@@ -942,6 +948,11 @@ impl Supervisor {
             (pool.pending.len(), pool.starting)
         };
         for _ in starting..pending {
+            if self.starting_count() >= self.max_starting() {
+                // The next start that finishes gives its slot to these
+                // (schedule_waiting).
+                break;
+            }
             if !self.make_room() {
                 // Every on-demand environment is busy or starting: these
                 // invokes wait for one (admission keeps them within the
@@ -973,6 +984,43 @@ impl Supervisor {
         // have answered (or at the next housekeeping): making one now would
         // compete with those cold starts for the CPU.
         if self.blanks.is_empty() && self.opts.prewarm > 0 {
+            self.refill_blanks();
+        }
+    }
+
+    /// Environments being made now: blanks not yet ready (for the pool or
+    /// for an invoke) and environments running their init.
+    fn starting_count(&self) -> usize {
+        self.envs
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.state,
+                    EnvState::Blank { ready: false } | EnvState::Starting
+                )
+            })
+            .count()
+    }
+
+    fn max_starting(&self) -> usize {
+        STARTS_PER_CPU * self.host_cpus.max(1) as usize
+    }
+
+    /// A start finished (or failed): its slot goes to invokes waiting for
+    /// an environment first, then to provisioned environments, then to the
+    /// blank pool.
+    fn schedule_waiting(&mut self) {
+        let waiting: Vec<String> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.pending.len() > p.starting)
+            .map(|(f, _)| f.clone())
+            .collect();
+        for f in waiting {
+            self.schedule(&f);
+        }
+        if self.starting_count() < self.max_starting() {
+            self.provision_all();
             self.refill_blanks();
         }
     }
@@ -1162,7 +1210,7 @@ impl Supervisor {
             })
             .count();
         let mut have = self.blanks.len() + on_the_way;
-        while have < self.opts.prewarm {
+        while have < self.opts.prewarm && self.starting_count() < self.max_starting() {
             if let Err(e) = self.spawn_blank(None) {
                 info!("cannot make a blank environment: {e}; retrying in {BLANK_BACKOFF:?}");
                 self.blank_backoff_until = Instant::now() + BLANK_BACKOFF;
@@ -1310,15 +1358,7 @@ impl Supervisor {
                         env.state = EnvState::Blank { ready: true };
                         self.blanks.push(id);
                         // A waiting invoke of any function may take it.
-                        let waiting: Vec<String> = self
-                            .pools
-                            .iter()
-                            .filter(|(_, p)| p.pending.len() > p.starting)
-                            .map(|(f, _)| f.clone())
-                            .collect();
-                        for f in waiting {
-                            self.schedule(&f);
-                        }
+                        self.schedule_waiting();
                     }
                 }
             }
@@ -1345,6 +1385,7 @@ impl Supervisor {
                     }
                 }
                 self.env_idle(id);
+                self.schedule_waiting();
             }
             ("init_error", EnvState::Starting) => {
                 env.init_error = msg.error.map(|e| e.get().to_string());
@@ -1516,6 +1557,19 @@ impl Supervisor {
     /// The environment stopped working (exit, crash, bad message, OOM, EOF):
     /// answer its invoke if it had one, and remove it.
     fn env_failed(&mut self, id: u64, status: Option<pidfd::ExitStatus>) {
+        let was_starting = self.envs.get(&id).is_some_and(|e| {
+            matches!(
+                e.state,
+                EnvState::Blank { ready: false } | EnvState::Starting
+            )
+        });
+        self.end_failed_env(id, status);
+        if was_starting {
+            self.schedule_waiting();
+        }
+    }
+
+    fn end_failed_env(&mut self, id: u64, status: Option<pidfd::ExitStatus>) {
         let Some(env) = self.envs.get_mut(&id) else {
             return;
         };
@@ -2075,7 +2129,7 @@ impl Supervisor {
         for f in std::mem::take(&mut self.starved) {
             self.schedule(&f);
         }
-        self.provision_all();
+        self.schedule_waiting();
         if self.zygote.is_none() {
             if let Err(e) = self.start_zygote() {
                 info!("cannot start the zygote: {e}");

@@ -274,6 +274,11 @@ impl Supervisor {
         }
         pool.provision_retry_at = None;
         for _ in allocated..want {
+            // Within the start slots; the rest follow as starts finish
+            // (schedule_waiting) or at the next housekeeping.
+            if self.starting_count() >= self.max_starting() {
+                break;
+            }
             let started = match self.blanks.pop() {
                 Some(blank) => self
                     .specialize(blank, function, true)
