@@ -105,84 +105,6 @@ impl Peer {
     }
 }
 
-/// `bwrap`, installing bubblewrap with apt-get if it is missing.
-fn find_bwrap() -> Option<OsString> {
-    let found = || {
-        Command::new("sh")
-            .args(["-c", "command -v bwrap"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| OsString::from(String::from_utf8_lossy(&o.stdout).trim().to_string()))
-    };
-    if let Some(b) = found() {
-        return Some(b);
-    }
-    eprintln!(
-        "{BENCH}: bwrap is missing: `apt-get install -y bubblewrap` (the bubblewrap peer needs it)"
-    );
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", "bubblewrap"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("{BENCH}: could not install bubblewrap; the bubblewrap peers are skipped");
-        return None;
-    }
-    found()
-}
-
-/// bubblewrap around the real python3, as tightly as it allows: every
-/// namespace, the interpreter's prefix, /usr and the code dir read-only, its
-/// own /proc, a minimal /dev, a private /tmp.
-fn bwrap_argv(
-    bwrap: &OsString,
-    py: &common::Python,
-    code: &Path,
-    python_flags: &[&str],
-) -> Vec<OsString> {
-    let mut a: Vec<OsString> = vec![
-        bwrap.clone(),
-        "--unshare-all".into(),
-        "--die-with-parent".into(),
-    ];
-    let ro = |a: &mut Vec<OsString>, src: &Path, dst: &Path| {
-        a.extend(["--ro-bind".into(), src.into(), dst.into()]);
-    };
-    ro(&mut a, &py.base_prefix, &py.base_prefix);
-    ro(&mut a, Path::new("/usr"), Path::new("/usr"));
-    // /lib, /lib64, /bin, /sbin: symlinks into /usr on a merged-/usr host,
-    // directories elsewhere.
-    for dir in ["/lib", "/lib64", "/lib32", "/bin", "/sbin"] {
-        let p = Path::new(dir);
-        match std::fs::read_link(p) {
-            Ok(target) => a.extend(["--symlink".into(), target.into(), p.into()]),
-            Err(_) if p.is_dir() => ro(&mut a, p, p),
-            Err(_) => {}
-        }
-    }
-    ro(&mut a, code, Path::new("/var/task"));
-    for x in [
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
-        "--chdir",
-        "/var/task",
-        "--",
-    ] {
-        a.push(x.into());
-    }
-    a.push(py.executable.clone().into());
-    a.extend(python_flags.iter().map(OsString::from));
-    a.extend(["-c".into(), PEER_SCRIPT.into(), "/var/task".into()]);
-    a
-}
-
 fn python_argv(py: &common::Python, code: &Path, python_flags: &[&str]) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec![py.executable.clone().into()];
     a.extend(python_flags.iter().map(OsString::from));
@@ -314,14 +236,14 @@ fn main() -> Result<(), Error> {
     const REFERENCE: usize = 1;
 
     let mut peers = Vec::new();
-    if let Some(bwrap) = find_bwrap() {
+    if let Some(bwrap) = common::find_bwrap(BENCH) {
         peers.push(Peer::new(
             "bubblewrap + python3 -I",
-            bwrap_argv(&bwrap, &py, &code, &["-I"]),
+            common::bwrap_python_argv(&bwrap, &py, &code, &["-I"], PEER_SCRIPT),
         ));
         peers.push(Peer::new(
             "bubblewrap + python3 -I -S",
-            bwrap_argv(&bwrap, &py, &code, &["-I", "-S"]),
+            common::bwrap_python_argv(&bwrap, &py, &code, &["-I", "-S"], PEER_SCRIPT),
         ));
     }
     peers.push(Peer::new("python3 -I", python_argv(&py, &code, &["-I"])));

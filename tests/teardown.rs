@@ -928,6 +928,53 @@ fn a_dead_zygote_ends_only_itself_and_what_it_made_ends_later_completely() {
     c.finish();
 }
 
+/// What a supervisor ends with: a baseline taken before any environment,
+/// the footprint of four environments and the zygote, and the invokes.
+struct Scene {
+    base: Baseline,
+    fp: Footprint,
+    /// A long sleep, still running.
+    busy: JoinHandle<Option<Value>>,
+    /// The answers of the environment with a detached grandchild, and of the
+    /// idle one.
+    warm: Value,
+    idle: Value,
+}
+
+/// Two blanks, an idle environment with a detached grandchild, a busy one in
+/// a 60 s sleep, and another idle one; every environment wrote a file into
+/// its /tmp.
+fn busy_idle_and_blanks(sup: &Supervisor, c: &mut Checks, function: &str) -> Scene {
+    sup.create_python(
+        function,
+        &[("app.py", APP)],
+        "app.handler",
+        json!({"Timeout": 90}),
+    );
+    c.check(wait_for_settled_envs(sup, 2), "the pool has its two blanks");
+    let base = Baseline::take(sup);
+    let warm = sup.invoke_ok(function, json!({"mode": "spawn"}));
+    let busy = invoke_in_background(sup, function, json!({"mode": "sleep", "seconds": 60}));
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = sup.invoke_ok(function, json!({}));
+    c.check(
+        wait_for_settled_envs(sup, 5),
+        "busy (with a grandchild), idle and two blank environments",
+    );
+    let mut fp = Footprint::take(sup, &[function_uid(&warm)]);
+    check_footprint(c, sup, "busy, idle and blank environments", &fp, 5);
+    let zygotes = common::zygote_pids(sup.pid());
+    c.check(!zygotes.is_empty(), "the zygote runs");
+    add_procs(&mut fp, &zygotes);
+    Scene {
+        base,
+        fp,
+        busy,
+        warm,
+        idle,
+    }
+}
+
 #[test]
 fn sigterm_shutdown_leaves_nothing() {
     if !require_root() {
@@ -935,30 +982,7 @@ fn sigterm_shutdown_leaves_nothing() {
     }
     let mut sup = Supervisor::start_with(&["--prewarm", "2"]);
     let mut c = Checks::new("SIGTERM");
-    sup.create_python(
-        "keeper",
-        &[("app.py", APP)],
-        "app.handler",
-        json!({"Timeout": 60}),
-    );
-    c.check(
-        wait_for_settled_envs(&sup, 2),
-        "the pool has its two blanks",
-    );
-    let base = Baseline::take(&sup);
-    let warm = sup.invoke_ok("keeper", json!({"mode": "spawn"}));
-    let busy = invoke_in_background(&sup, "keeper", json!({"mode": "sleep", "seconds": 30}));
-    std::thread::sleep(Duration::from_millis(200));
-    sup.invoke_ok("keeper", json!({}));
-    c.check(
-        wait_for_settled_envs(&sup, 5),
-        "a busy environment with a grandchild, an idle one and two blanks",
-    );
-    let mut fp = Footprint::take(&sup, &[function_uid(&warm)]);
-    check_footprint(&mut c, &sup, "busy, idle and blank environments", &fp, 5);
-    let zygotes = common::zygote_pids(sup.pid());
-    c.check(!zygotes.is_empty(), "the zygote runs");
-    add_procs(&mut fp, &zygotes);
+    let Scene { base, fp, busy, .. } = busy_idle_and_blanks(&sup, &mut c, "keeper");
 
     let started = Instant::now();
     let status = sup.stop();
@@ -1006,33 +1030,13 @@ fn after_kill_9_the_next_start_removes_everything_before_serving() {
     }
     let mut sup = Supervisor::start_with(&["--prewarm", "2"]);
     let mut c = Checks::new("kill -9 and restart");
-    sup.create_python(
-        "phoenix",
-        &[("app.py", APP)],
-        "app.handler",
-        json!({"Timeout": 60}),
-    );
-    c.check(
-        wait_for_settled_envs(&sup, 2),
-        "the pool has its two blanks",
-    );
-    let base = Baseline::take(&sup);
-    // An idle environment with a detached grandchild, a busy one in a long
-    // sleep, and two blanks; every environment wrote a file into its /tmp.
-    let warm = sup.invoke_ok("phoenix", json!({"mode": "spawn"}));
-    let busy = invoke_in_background(&sup, "phoenix", json!({"mode": "sleep", "seconds": 60}));
-    std::thread::sleep(Duration::from_millis(200));
-    let idle = sup.invoke_ok("phoenix", json!({}));
-    c.check(
-        wait_for_settled_envs(&sup, 5),
-        "busy (with a grandchild), idle and two blank environments",
-    );
-    let uid = function_uid(&warm);
-    let mut fp = Footprint::take(&sup, &[uid]);
-    check_footprint(&mut c, &sup, "the old run's environments", &fp, 5);
-    let old_zygotes = common::zygote_pids(sup.pid());
-    c.check(!old_zygotes.is_empty(), "the zygote runs");
-    add_procs(&mut fp, &old_zygotes);
+    let Scene {
+        base,
+        fp,
+        busy,
+        warm,
+        idle,
+    } = busy_idle_and_blanks(&sup, &mut c, "phoenix");
     let marks: Vec<String> = [&warm, &idle]
         .iter()
         .filter_map(|r| r["mark"].as_str().map(String::from))

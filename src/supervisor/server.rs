@@ -928,12 +928,18 @@ impl Supervisor {
     /// Match waiting invokes of `function` with idle environments, and start
     /// new environments for the ones that remain.
     fn schedule(&mut self, function: &str) {
+        self.schedule_up_to(function, usize::MAX);
+    }
+
+    /// `schedule`, starting at most `limit` new environments; returns how
+    /// many it started.
+    fn schedule_up_to(&mut self, function: &str, limit: usize) -> usize {
         loop {
             let Some(pool) = self.pools.get_mut(function) else {
-                return;
+                return 0;
             };
             if pool.pending.is_empty() {
-                return;
+                return 0;
             }
             // Provisioned environments first (Lambda spills over to
             // on-demand ones only when they are all busy).
@@ -947,7 +953,8 @@ impl Supervisor {
             let pool = self.pools.get(function).expect("exists");
             (pool.pending.len(), pool.starting)
         };
-        for _ in starting..pending {
+        let mut started_here = 0;
+        for _ in starting..pending.min(starting.saturating_add(limit)) {
             if self.starting_count() >= self.max_starting() {
                 // The next start that finishes gives its slot to these
                 // (schedule_waiting).
@@ -968,7 +975,10 @@ impl Supervisor {
             };
             let pool = self.pools.get_mut(function).expect("exists");
             match started {
-                Ok(()) => pool.starting += 1,
+                Ok(()) => {
+                    pool.starting += 1;
+                    started_here += 1;
+                }
                 Err(e) => {
                     info!("cannot start an environment for {function}: {e}");
                     if let Some(inv) = pool.pending.pop_front() {
@@ -986,6 +996,7 @@ impl Supervisor {
         if self.blanks.is_empty() && self.opts.prewarm > 0 {
             self.refill_blanks();
         }
+        started_here
     }
 
     /// Environments being made now: blanks not yet ready (for the pool or
@@ -1010,14 +1021,22 @@ impl Supervisor {
     /// an environment first, then to provisioned environments, then to the
     /// blank pool.
     fn schedule_waiting(&mut self) {
-        let waiting: Vec<String> = self
+        // Fewest environments first, one start per function per turn: a
+        // freed slot goes to the function that has least, so that under load
+        // every function gets environments, not whichever the map lists first.
+        let mut waiting: Vec<(usize, String)> = self
             .pools
             .iter()
             .filter(|(_, p)| p.pending.len() > p.starting)
-            .map(|(f, _)| f.clone())
+            .map(|(f, p)| {
+                let running = (p.in_flight.get() as usize).saturating_sub(p.pending.len());
+                let envs = running + p.starting + p.idle.len() + p.idle_provisioned.len();
+                (envs, f.clone())
+            })
             .collect();
-        for f in waiting {
-            self.schedule(&f);
+        waiting.sort();
+        while !waiting.is_empty() {
+            waiting.retain(|(_, f)| self.schedule_up_to(f, 1) > 0);
         }
         if self.starting_count() < self.max_starting() {
             self.provision_all();
