@@ -234,33 +234,9 @@ impl Supervisor {
     }
 
     /// Deploys `code` as `name` and invokes it until it answers (the zygote
-    /// may still be starting); returns the first answer.
+    /// may still be starting), with Lambda's default timeout.
     pub fn deploy(&self, name: &str, code: &Path, memory_mb: u32) -> Result<(), Error> {
-        let mut c = self.client()?;
-        c.call(
-            "CreateFunction",
-            serde_json::json!({
-                "FunctionName": name,
-                "Runtime": "python3",
-                "Handler": "app.handler",
-                "Code": {"Path": code},
-                "MemorySize": memory_mb,
-            }),
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match c.call(
-                "Invoke",
-                serde_json::json!({"FunctionName": name, "Payload": {}}),
-            ) {
-                Ok(r) if r.get("FunctionError").is_none() => return Ok(()),
-                Ok(r) => return Err(format!("{name} failed: {r}\n{}", self.log_text()).into()),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("{name} never answered: {e}\n{}", self.log_text()).into())
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
+        self.deploy_with_timeout(name, code, memory_mb, 3)
     }
 }
 
@@ -680,7 +656,7 @@ pub fn init_durations(
 
 impl Supervisor {
     /// Deploys `code` as `name` with a memory size and a timeout, and invokes
-    /// it until it answers (as [`Supervisor::deploy`]).
+    /// it until it answers (the zygote may still be starting).
     pub fn deploy_with_timeout(
         &self,
         name: &str,
