@@ -42,12 +42,14 @@ impl Counter {
 /// the counts cannot drift.
 #[derive(Debug)]
 pub struct Slot {
-    counters: Vec<Counter>,
+    /// The function's, the account's, and the unreserved pool's when the
+    /// function has no reservation (no allocation per invoke).
+    counters: [Option<Counter>; 3],
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        for c in &self.counters {
+        for c in self.counters.iter().flatten() {
             c.sub();
         }
     }
@@ -124,16 +126,16 @@ impl Account {
     /// Admit one invocation of a function whose in-flight count is
     /// `function` and whose reserved concurrency is `reserved`.
     pub fn admit(&self, function: &Counter, reserved: Option<u32>) -> Result<Slot, Throttle> {
-        let mut counters = vec![function.clone(), self.all.clone()];
-        match reserved {
+        let pool = match reserved {
             Some(r) if function.get() >= r => return Err(Throttle::Reserved),
-            Some(_) => {}
+            Some(_) => None,
             None if self.unreserved.get() >= self.unreserved_limit() => {
                 return Err(Throttle::Account)
             }
-            None => counters.push(self.unreserved.clone()),
-        }
-        for c in &counters {
+            None => Some(self.unreserved.clone()),
+        };
+        let counters = [Some(function.clone()), Some(self.all.clone()), pool];
+        for c in counters.iter().flatten() {
             c.add();
         }
         Ok(Slot { counters })

@@ -901,7 +901,7 @@ impl Supervisor {
                 return self.reply(t, &id, Err(throttle.into()));
             }
         };
-        let inv = Invocation {
+        pool.pending.push_back(Invocation {
             request_id: uuid::Uuid::new_v4().to_string(),
             reply_to: Some((t, id)),
             function: function.clone(),
@@ -914,12 +914,7 @@ impl Supervisor {
             log_bytes: 0,
             timer: 0,
             slot: Some(slot),
-        };
-        self.pools
-            .entry(function.clone())
-            .or_default()
-            .pending
-            .push_back(inv);
+        });
         self.schedule(&function);
     }
 
