@@ -28,7 +28,8 @@ def handler(event, context):
         raise ValueError("asked to fail")
     return {"token": TOKEN, "init_at": INIT_AT, "init_type": INIT_TYPE,
             "init_type_now": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
-            "start": start, "end": time.time(), "uid": os.getuid()}
+            "start": start, "end": time.time(), "uid": os.getuid(),
+            "stream": context.log_stream_name}
 "#;
 
 fn now_unix() -> f64 {
@@ -104,6 +105,8 @@ fn fifty_concurrent_invokes_run_side_by_side_in_their_own_environments() {
     }
     let tokens: BTreeSet<&str> = ok.iter().filter_map(|p| p["token"].as_str()).collect();
     c.eq("distinct environments", tokens.len(), 50);
+    let streams: BTreeSet<&str> = ok.iter().filter_map(|p| p["stream"].as_str()).collect();
+    c.eq("a log stream per environment", streams.len(), 50);
     // Side by side: the last one started before the first one ended.
     let last_start = ok
         .iter()

@@ -134,8 +134,9 @@ struct Pool {
     provision_retry_at: Option<Instant>,
     pending: VecDeque<Invocation>,
     /// The specialisation of the function's current revision, and its
-    /// runtime section: (revision id, template, runtime).
-    template: Option<(String, SpecTemplate, Box<RawValue>)>,
+    /// (revision id, template). The runtime section is made per environment:
+    /// each has its own log stream, as on Lambda.
+    template: Option<(String, SpecTemplate)>,
 }
 
 pub struct Supervisor {
@@ -1163,7 +1164,7 @@ impl Supervisor {
         if pool
             .template
             .as_ref()
-            .is_none_or(|(rev, _, _)| *rev != revision_id)
+            .is_none_or(|(rev, _)| *rev != revision_id)
         {
             let template = SpecTemplate::new(&SpecInputs {
                 functions_dir: self.registry.functions_dir(),
@@ -1173,16 +1174,16 @@ impl Supervisor {
                 tmp_mb: spec.ephemeral_mb,
                 seccomp_bpf: &self.seccomp_bpf,
             })?;
-            let runtime = runtime_section(&spec, &self.python, InitType::OnDemand);
-            pool.template = Some((revision_id.clone(), template, runtime));
+            pool.template = Some((revision_id.clone(), template));
         }
-        let (_, template, runtime) = pool.template.as_ref().expect("just set");
-        let line = if provisioned {
-            let runtime = runtime_section(&spec, &self.python, InitType::Provisioned);
-            specialize_line(template.plan(), &runtime)?
+        let (_, template) = pool.template.as_ref().expect("just set");
+        let init = if provisioned {
+            InitType::Provisioned
         } else {
-            specialize_line(template.plan(), runtime)?
+            InitType::OnDemand
         };
+        let runtime = runtime_section(&spec, &self.python, init);
+        let line = specialize_line(template.plan(), &runtime)?;
         let limits = Limits::for_function(spec.memory_mb, self.host_cpus);
         let env = self.envs.get_mut(&id).ok_or("the blank vanished")?;
         if let Some(cg) = env.cgroup.as_ref() {
