@@ -570,11 +570,11 @@ fn action(cli: Cli) -> Result<Action, CliError> {
             Output::Quiet,
         ),
         Command::GetAccountSettings => (
-            Request::new(op::GET_ACCOUNT_SETTINGS, &protocol::ListFunctions {}),
+            Request::new(op::GET_ACCOUNT_SETTINGS, &protocol::NoParams {}),
             Output::Json,
         ),
         Command::Metrics(args) => (
-            Request::new(op::GET_METRICS, &protocol::ListFunctions {}),
+            Request::new(op::GET_METRICS, &protocol::NoParams {}),
             if args.json {
                 Output::Json
             } else {

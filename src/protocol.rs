@@ -231,7 +231,10 @@ pub struct FunctionName {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
-pub struct ListFunctions {}
+pub struct NoParams {}
+
+/// ListFunctions, GetAccountSettings and GetMetrics take no parameters.
+pub type ListFunctions = NoParams;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InvocationType {

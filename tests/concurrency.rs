@@ -42,14 +42,21 @@ fn now_unix() -> f64 {
 /// Send `n` invokes of `function` at once on one connection (the protocol
 /// answers out of order, by id) and return the answers in request order.
 fn invoke_many(sup: &Supervisor, function: &str, n: usize, payload: Value) -> Vec<Value> {
+    invoke_each(sup, &vec![function; n], payload)
+}
+
+/// One invoke of each of `functions` at once, on one connection; the
+/// answers in request order.
+fn invoke_each(sup: &Supervisor, functions: &[&str], payload: Value) -> Vec<Value> {
     let mut client = Client::connect(&sup.socket);
-    for i in 0..n {
+    for (i, function) in functions.iter().enumerate() {
         client.send_with_id(
             json!(i),
             "Invoke",
             json!({"FunctionName": function, "Payload": payload}),
         );
     }
+    let n = functions.len();
     let mut answers = vec![Value::Null; n];
     for _ in 0..n {
         let line = client.recv();
@@ -273,20 +280,7 @@ fn the_account_limit_throttles_unreserved_functions() {
         "app.handler",
         json!({"Timeout": 30}),
     );
-    let mut client = Client::connect(&sup.socket);
-    for (i, f) in ["one", "one", "two", "two"].iter().enumerate() {
-        client.send_with_id(
-            json!(i),
-            "Invoke",
-            json!({"FunctionName": f, "Payload": {"seconds": 2}}),
-        );
-    }
-    let mut answers = vec![Value::Null; 4];
-    for _ in 0..4 {
-        let line = client.recv();
-        let i = line["id"].as_u64().expect("an id") as usize;
-        answers[i] = line;
-    }
+    let answers = invoke_each(&sup, &["one", "one", "two", "two"], json!({"seconds": 2}));
     c.eq(
         "the fourth is throttled account-wide",
         answers.iter().map(throttle_reason).collect::<Vec<_>>(),

@@ -396,12 +396,7 @@ impl Registry {
         next.spec = current.spec.updated(req)?;
         next.last_modified = lambda_timestamp(SystemTime::now());
         next.revision_id = uuid::Uuid::new_v4().to_string();
-        write_record(
-            &self.functions_dir.join(&name).join(RECORD_FILE),
-            &next.record(),
-        )?;
-        self.functions.insert(name.clone(), next);
-        Ok(&self.functions[&name])
+        self.store(name, next)
     }
 
     /// Stores new concurrency settings of an existing function (validated by
@@ -414,6 +409,11 @@ impl Registry {
         let name = self.existing(function_name)?;
         let mut next = self.functions[&name].clone();
         next.concurrency = concurrency;
+        self.store(name, next)
+    }
+
+    /// Writes `next` as function `name`'s record, then makes it current.
+    fn store(&mut self, name: String, next: Function) -> Result<&Function, RegistryError> {
         write_record(
             &self.functions_dir.join(&name).join(RECORD_FILE),
             &next.record(),

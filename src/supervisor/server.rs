@@ -839,13 +839,7 @@ impl Supervisor {
         self.metrics.forget(&name);
         info!("deleted function {name}");
         self.deletes.push((name.clone(), t, id));
-        let ids: Vec<u64> = self
-            .envs
-            .values()
-            .filter(|e| e.function == name)
-            .map(|e| e.id)
-            .collect();
-        for env in ids {
+        for env in self.env_ids_of(&name) {
             self.destroy_env(env, EndReason::Deleted);
         }
         if !self.function_has_envs(&name) {
@@ -1958,6 +1952,15 @@ impl Supervisor {
         self.answer_deletes(&function);
     }
 
+    /// The environments specialised for `function`.
+    fn env_ids_of(&self, function: &str) -> Vec<u64> {
+        self.envs
+            .values()
+            .filter(|e| e.function == function)
+            .map(|e| e.id)
+            .collect()
+    }
+
     fn function_has_envs(&self, function: &str) -> bool {
         self.envs.values().any(|e| e.function == function)
             || self.dying.values().any(|d| d.function == function)
@@ -1985,13 +1988,7 @@ impl Supervisor {
     /// New code or configuration: idle environments end now, busy ones after
     /// their invoke.
     fn retire_function_envs(&mut self, function: &str) {
-        let ids: Vec<u64> = self
-            .envs
-            .values()
-            .filter(|e| e.function == function)
-            .map(|e| e.id)
-            .collect();
-        for id in ids {
+        for id in self.env_ids_of(function) {
             let env = self.envs.get_mut(&id).expect("present");
             match env.state {
                 EnvState::Idle { .. } => self.destroy_env(id, EndReason::Retired),

@@ -122,7 +122,7 @@ impl Supervisor {
     }
 
     pub(super) fn op_account_settings(&mut self, params: &str) -> Result<String, WireError> {
-        let _: protocol::ListFunctions = parse(params)?;
+        let _: protocol::NoParams = parse(params)?;
         Ok(ok_json(&AccountSettings {
             account_limit: AccountLimit {
                 concurrent_executions: self.account.max(),
@@ -136,7 +136,7 @@ impl Supervisor {
 
     /// GetMetrics: the counters, with the gauges as they are now.
     pub(super) fn op_metrics(&mut self, params: &str) -> Result<String, WireError> {
-        let _: protocol::ListFunctions = parse(params)?;
+        let _: protocol::NoParams = parse(params)?;
         let mut gauges: BTreeMap<String, FunctionGauges> = self
             .registry
             .list()
