@@ -18,6 +18,10 @@ use serde_json::value::RawValue;
 pub const MAX_LINE_BYTES: usize = 72 * 1024 * 1024;
 /// Synchronous invoke request and response payloads: Lambda's own figure, 6,291,556 bytes.
 pub const MAX_SYNC_PAYLOAD_BYTES: usize = 6_291_556;
+/// Asynchronous (`Event`) invoke payloads: Lambda's current limit, 1 MB.
+pub const MAX_ASYNC_PAYLOAD_BYTES: usize = 1_048_576;
+/// The longest idempotency key an `Event` invoke may carry.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 /// The closed set of error kinds on the wire, named like Lambda's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +133,11 @@ pub mod op {
     pub const DELETE_PROVISIONED_CONCURRENCY_CONFIG: &str = "DeleteProvisionedConcurrencyConfig";
     pub const GET_ACCOUNT_SETTINGS: &str = "GetAccountSettings";
     pub const GET_METRICS: &str = "GetMetrics";
+    pub const PUT_FUNCTION_EVENT_INVOKE_CONFIG: &str = "PutFunctionEventInvokeConfig";
+    pub const UPDATE_FUNCTION_EVENT_INVOKE_CONFIG: &str = "UpdateFunctionEventInvokeConfig";
+    pub const GET_FUNCTION_EVENT_INVOKE_CONFIG: &str = "GetFunctionEventInvokeConfig";
+    pub const DELETE_FUNCTION_EVENT_INVOKE_CONFIG: &str = "DeleteFunctionEventInvokeConfig";
+    pub const GET_EVENT_QUEUE: &str = "GetEventQueue";
     pub const ALL: &[&str] = &[
         CREATE_FUNCTION,
         UPDATE_FUNCTION_CODE,
@@ -146,6 +155,11 @@ pub mod op {
         DELETE_PROVISIONED_CONCURRENCY_CONFIG,
         GET_ACCOUNT_SETTINGS,
         GET_METRICS,
+        PUT_FUNCTION_EVENT_INVOKE_CONFIG,
+        UPDATE_FUNCTION_EVENT_INVOKE_CONFIG,
+        GET_FUNCTION_EVENT_INVOKE_CONFIG,
+        DELETE_FUNCTION_EVENT_INVOKE_CONFIG,
+        GET_EVENT_QUEUE,
     ];
 }
 
@@ -238,8 +252,13 @@ pub type ListFunctions = NoParams;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InvocationType {
+    /// Run now and answer with the result.
     #[default]
     RequestResponse,
+    /// Queue durably, answer 202 at once, run later with retries.
+    Event,
+    /// Check the request (function, payload, permissions) without running it.
+    DryRun,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +282,26 @@ pub struct Invoke {
     /// The event: any JSON value (default `{}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Box<RawValue>>,
+    /// `Event` only: a caller's key (1-256 bytes). A second event with the
+    /// same key for the same function within the supervisor's idempotency
+    /// window is not queued again; it is answered with the first one's
+    /// request id and `Duplicate: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to an `Event` invoke (202: the event is stored durably) or a
+/// `DryRun` (204: the request is valid; nothing ran).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct InvokeAccepted {
+    pub status_code: u16,
+    /// The event's request id (absent for DryRun).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// True when the idempotency key matched an event accepted before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// The result of a synchronous invoke, shaped like Lambda's Invoke response.
@@ -393,6 +432,74 @@ pub struct AccountLimit {
 #[serde(rename_all = "PascalCase")]
 pub struct AccountUsage {
     pub function_count: u32,
+}
+
+/// A destination of asynchronous invocation records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct OnDestination {
+    /// A function's ARN (or name), or an absolute path to a directory on the
+    /// supervisor's host that receives one JSON file per record (root
+    /// clients only).
+    pub destination: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct DestinationConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<OnDestination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnDestination>,
+}
+
+/// PutFunctionEventInvokeConfig (replaces the whole configuration; absent
+/// fields take their defaults) and UpdateFunctionEventInvokeConfig (changes
+/// only the fields given).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct PutFunctionEventInvokeConfig {
+    pub function_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qualifier: Option<String>,
+    /// 0-2 (default 2): retries after a function error or timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_retry_attempts: Option<u32>,
+    /// 60-21600 (default 21600): older events are not run any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_event_age_in_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_config: Option<DestinationConfig>,
+}
+
+/// A function's asynchronous invocation configuration, as Lambda shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct FunctionEventInvokeConfig {
+    /// Unix seconds, as Lambda's API has it.
+    pub last_modified: f64,
+    pub function_arn: String,
+    pub maximum_retry_attempts: u32,
+    pub maximum_event_age_in_seconds: u32,
+    pub destination_config: DestinationConfig,
+}
+
+/// GetEventQueue: a function's asynchronous queue now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct EventQueue {
+    pub function_name: String,
+    /// Accepted events not finished yet: ready + in flight + retrying.
+    pub depth: u64,
+    /// Waiting for a concurrency slot or an environment.
+    pub ready: u64,
+    /// Running in an environment now.
+    pub in_flight: u64,
+    /// Waiting out a retry delay (after a function error, a throttle or a
+    /// supervisor-side error).
+    pub retrying: u64,
+    /// Age of the oldest unfinished event, in seconds (0 when empty).
+    pub oldest_age_seconds: f64,
 }
 
 /// Serialise a success line (without the trailing newline).

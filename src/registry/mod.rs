@@ -18,6 +18,7 @@
 //! The registry is a plain data structure: the supervisor owns it, calls it
 //! from its event loop and decides when code is no longer in use.
 
+pub mod event_invoke;
 pub mod package;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +36,7 @@ use crate::protocol::{
     CreateFunction, EphemeralStorage, ErrorKind, FunctionCode, FunctionConfiguration,
     UpdateFunctionCode, UpdateFunctionConfiguration, WireError,
 };
+use event_invoke::EventInvokeConfig;
 use package::{Limits, PackageError, Source};
 
 /// Uids (and gids: gid = uid) handed to functions, one per function. Above the
@@ -73,6 +75,8 @@ pub struct Function {
     /// Reserved and provisioned concurrency: not part of the revision (Lambda
     /// changes neither RevisionId nor LastModified for them).
     pub concurrency: Concurrency,
+    /// PutFunctionEventInvokeConfig; None: Lambda's defaults.
+    pub event_invoke: Option<EventInvokeConfig>,
 }
 
 /// A function's concurrency settings (PutFunctionConcurrency,
@@ -145,6 +149,7 @@ impl Function {
             last_modified: self.last_modified.clone(),
             revision_id: self.revision_id.clone(),
             concurrency: self.concurrency,
+            event_invoke: self.event_invoke.clone(),
         }
     }
 }
@@ -165,6 +170,9 @@ struct Record {
     /// Absent in records written before concurrency settings existed.
     #[serde(default)]
     concurrency: Concurrency,
+    /// Absent in records written before asynchronous invocation existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_invoke: Option<EventInvokeConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +366,7 @@ impl Registry {
             last_modified: lambda_timestamp(SystemTime::now()),
             revision_id: uuid::Uuid::new_v4().to_string(),
             concurrency: Concurrency::default(),
+            event_invoke: None,
         };
         write_record(&dir.join(RECORD_FILE), &function.record())?;
         Ok(function)
@@ -409,6 +418,19 @@ impl Registry {
         let name = self.existing(function_name)?;
         let mut next = self.functions[&name].clone();
         next.concurrency = concurrency;
+        self.store(name, next)
+    }
+
+    /// Stores (Some) or removes (None) the asynchronous invocation
+    /// configuration of an existing function (validated by the caller).
+    pub fn set_event_invoke(
+        &mut self,
+        function_name: &str,
+        config: Option<EventInvokeConfig>,
+    ) -> Result<&Function, RegistryError> {
+        let name = self.existing(function_name)?;
+        let mut next = self.functions[&name].clone();
+        next.event_invoke = config;
         self.store(name, next)
     }
 
@@ -620,6 +642,7 @@ impl Registry {
             last_modified: record.last_modified,
             revision_id: record.revision_id,
             concurrency: record.concurrency,
+            event_invoke: record.event_invoke,
         })
     }
 
