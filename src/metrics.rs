@@ -2,7 +2,9 @@
 //!
 //! The supervisor owns one [`Metrics`] and feeds it from its event loop: one
 //! [`Metrics::invoked`] per finished invoke, one [`Metrics::throttled`] per refused
-//! one. The loop is single-threaded, so this is plain data: no atomics, no locks.
+//! one, and one call per step of an asynchronous event's life
+//! ([`Metrics::event_received`] and the methods beside it). The loop is
+//! single-threaded, so this is plain data: no atomics, no locks.
 //!
 //! On `GetMetrics` the supervisor answers with a [`Snapshot`] (JSON, PascalCase
 //! like the rest of the protocol). `lambdalet metrics` deserialises it and prints
@@ -10,16 +12,18 @@
 //! sees a histogram, and both read the same figures.
 //!
 //! What lives here and what does not: counters and distributions are history, and
-//! only this module keeps them. Gauges (concurrency, environments by state) are the
-//! supervisor's current state, so they are passed in to [`Metrics::snapshot`]
-//! rather than mirrored here, where a missed update would make them drift.
+//! only this module keeps them. Gauges (concurrency, environments by state, the
+//! event queue) are the supervisor's current state, so they are passed in to
+//! [`Metrics::snapshot`] rather than mirrored here, where a missed update would
+//! make them drift.
 //!
-//! Growing it (queue metrics, for instance) needs no reshaping:
-//! - a gauge the supervisor knows (queue depth, age of the oldest queued event) is
-//!   a field of [`FunctionGauges`] (or [`AccountGauges`]) and one family in
-//!   [`render_prometheus`];
-//! - an event to count (dropped, dead-lettered) is a field of [`FunctionCounters`],
-//!   a method of [`Metrics`] beside [`Metrics::throttled`], and one family;
+//! Growing it needs no reshaping:
+//! - a gauge the supervisor knows (as the queue's depth and the age of its oldest
+//!   event) is a field of [`FunctionGauges`] (or [`AccountGauges`]) and one family
+//!   in [`render_prometheus`];
+//! - an event to count (as a dropped or dead-lettered event) is a field of
+//!   [`FunctionCounters`], a method of [`Metrics`] beside [`Metrics::throttled`],
+//!   and one family;
 //! - a distribution is a `Distribution` in the per-function state and a
 //!   [`Summary`] field of [`FunctionSnapshot`].
 //!
@@ -120,6 +124,20 @@ pub struct FunctionGauges {
     pub reserved_concurrency: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provisioned_concurrency: Option<u32>,
+    /// Asynchronous events stored and not finished: ready, in flight or waiting
+    /// for a retry. An event is finished once it succeeded, went to its OnFailure
+    /// destination or was dropped.
+    pub queue_depth: u64,
+    /// Queued events due now, waiting for concurrency.
+    pub queue_ready: u64,
+    /// Queued events being invoked now.
+    pub queue_in_flight: u64,
+    /// Queued events that failed and wait for their retry's delay.
+    pub queue_retrying: u64,
+    /// Age of the oldest unfinished event, in seconds since it was received
+    /// (Lambda's AsyncEventAge, as of now rather than at its invoke); 0 with
+    /// none.
+    pub queue_oldest_age_seconds: f64,
 }
 
 /// The account's gauges: one host is one account.
@@ -180,6 +198,20 @@ pub struct FunctionCounters {
     pub throttles: BTreeMap<String, u64>,
     /// Invokes that initialised a new environment first.
     pub cold_starts: u64,
+    /// Event invokes accepted, that is durably stored (Lambda's
+    /// AsyncEventsReceived).
+    pub async_events_received: u64,
+    /// Events that failed for good (retries exhausted, or too old) and reached no
+    /// destination (see [`Metrics::event_dropped`]). Lambda's AsyncEventsDropped
+    /// also counts those whose record went to an OnFailure destination: it is
+    /// this plus `async_events_dead_lettered`.
+    pub async_events_dropped: u64,
+    /// Events that failed for good and whose failure record was sent to their
+    /// OnFailure destination.
+    pub async_events_dead_lettered: u64,
+    /// Records that could not be delivered to their destination, OnSuccess or
+    /// OnFailure (Lambda's DestinationDeliveryFailures).
+    pub destination_delivery_failures: u64,
 }
 
 /// A distribution as percentiles. Its unit is in the name of the field that holds
@@ -345,9 +377,9 @@ impl FunctionMetrics {
 /// The supervisor's metrics: counters and distributions per function.
 ///
 /// Memory per function, measured by the `memory_per_function_is_small` test:
-/// 6,600 bytes when first seen (each of its three histograms holds 256 counts of
-/// 8 bytes); 34,248 bytes for a function whose invokes and cold starts take up to
-/// a second and use up to 1 GB; at most 57,800 bytes, at the 900 s timeout and
+/// 6,632 bytes when first seen (each of its three histograms holds 256 counts of
+/// 8 bytes); 34,280 bytes for a function whose invokes and cold starts take up to
+/// a second and use up to 1 GB; at most 57,832 bytes, at the 900 s timeout and
 /// 10 GB. The histograms grow with the largest value recorded, never with the
 /// number of invokes, and a function costs nothing until its first event.
 #[derive(Debug, Clone)]
@@ -395,6 +427,40 @@ impl Metrics {
                 throttles.insert(reason.to_owned(), 1);
             }
         }
+    }
+
+    /// An Event invoke of `function` was accepted: stored durably, so the caller
+    /// got its 202 (Lambda's AsyncEventsReceived).
+    pub fn event_received(&mut self, function: &str) {
+        self.function(function).counters.async_events_received += 1;
+    }
+
+    /// An event of `function` failed for good (its retries exhausted, or older
+    /// than its maximum event age) and is discarded without reaching a
+    /// destination: it has no OnFailure destination, or the one it names cannot
+    /// be sent a record, such as a function that does not exist (count that with
+    /// [`Metrics::destination_failed`] too).
+    ///
+    /// Events discarded because their function was deleted are not worth
+    /// counting: [`Metrics::forget`] erases the function's series with them, and
+    /// a count made after it would bring the series of the deleted function back.
+    pub fn event_dropped(&mut self, function: &str) {
+        self.function(function).counters.async_events_dropped += 1;
+    }
+
+    /// An event of `function` failed for good and its failure record was sent to
+    /// its OnFailure destination. A delivery that then fails is also counted by
+    /// [`Metrics::destination_failed`].
+    pub fn event_dead_lettered(&mut self, function: &str) {
+        self.function(function).counters.async_events_dead_lettered += 1;
+    }
+
+    /// A record of an event of `function`, for its OnSuccess or its OnFailure
+    /// destination, could not be delivered (Lambda's DestinationDeliveryFailures).
+    pub fn destination_failed(&mut self, function: &str) {
+        self.function(function)
+            .counters
+            .destination_delivery_failures += 1;
     }
 
     /// The function was deleted: forget its series. A function created again
@@ -496,15 +562,8 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         Counter,
         "Invokes that failed, by class: function (the handler raised or returned an error), \
          timeout, runtime (out of memory, the runtime exited, init failed).",
-        fs.iter().flat_map(|f| {
-            ErrorClass::ALL.into_iter().map(move |class| Sample {
-                suffix: "",
-                labels: vec![
-                    ("function", f.function_name.as_str()),
-                    ("class", class.as_str()),
-                ],
-                value: Value::Int(f.counters.errors.get(class)),
-            })
+        per_function_by(fs, "class", |f| {
+            ErrorClass::ALL.map(|class| (class.as_str(), f.counters.errors.get(class)))
         }),
     );
     t.family(
@@ -529,6 +588,35 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         per_function(fs, |f| Some(Value::Int(f.counters.cold_starts))),
     );
     t.family(
+        "lambdalet_async_events_received_total",
+        Counter,
+        "Event invokes accepted and stored in the function's queue.",
+        per_function(fs, |f| Some(Value::Int(f.counters.async_events_received))),
+    );
+    t.family(
+        "lambdalet_async_events_dropped_total",
+        Counter,
+        "Events that failed for good (retries exhausted or too old) and reached no destination; \
+         Lambda's AsyncEventsDropped is this plus lambdalet_async_events_dead_lettered_total.",
+        per_function(fs, |f| Some(Value::Int(f.counters.async_events_dropped))),
+    );
+    t.family(
+        "lambdalet_async_events_dead_lettered_total",
+        Counter,
+        "Events that failed for good and whose record was sent to their OnFailure destination.",
+        per_function(fs, |f| {
+            Some(Value::Int(f.counters.async_events_dead_lettered))
+        }),
+    );
+    t.family(
+        "lambdalet_async_destination_delivery_failures_total",
+        Counter,
+        "Event records that could not be delivered to their OnSuccess or OnFailure destination.",
+        per_function(fs, |f| {
+            Some(Value::Int(f.counters.destination_delivery_failures))
+        }),
+    );
+    t.family(
         "lambdalet_concurrent_executions",
         Gauge,
         "The function's invokes running now.",
@@ -538,19 +626,13 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         "lambdalet_environments",
         Gauge,
         "The function's execution environments, by state.",
-        fs.iter().flat_map(|f| {
+        per_function_by(fs, "state", |f| {
             let g = &f.gauges;
             [
                 ("idle", g.environments_idle),
                 ("busy", g.environments_busy),
                 ("starting", g.environments_starting),
             ]
-            .into_iter()
-            .map(move |(state, n)| Sample {
-                suffix: "",
-                labels: vec![("function", f.function_name.as_str()), ("state", state)],
-                value: Value::Int(n),
-            })
         }),
     );
     t.family(
@@ -575,6 +657,35 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         "Reserved concurrency, for functions that have it.",
         per_function(fs, |f| {
             f.gauges.reserved_concurrency.map(|n| Value::Int(n.into()))
+        }),
+    );
+    t.family(
+        "lambdalet_async_queue_depth",
+        Gauge,
+        "Events in the function's queue not finished yet: ready, in flight or retrying.",
+        per_function(fs, |f| Some(Value::Int(f.gauges.queue_depth))),
+    );
+    t.family(
+        "lambdalet_async_queue_events",
+        Gauge,
+        "Events in the function's queue, by state: ready (due, waiting for concurrency), \
+         in_flight (being invoked), retrying (waiting for a retry's delay).",
+        per_function_by(fs, "state", |f| {
+            let g = &f.gauges;
+            [
+                ("ready", g.queue_ready),
+                ("in_flight", g.queue_in_flight),
+                ("retrying", g.queue_retrying),
+            ]
+        }),
+    );
+    t.family(
+        "lambdalet_async_queue_oldest_age_seconds",
+        Gauge,
+        "Seconds since the oldest unfinished event in the function's queue was received; \
+         0 with none.",
+        per_function(fs, |f| {
+            Some(Value::Float(f.gauges.queue_oldest_age_seconds))
         }),
     );
     t.family(
@@ -705,6 +816,28 @@ fn per_function<'a>(
             labels: vec![("function", f.function_name.as_str())],
             value,
         })
+    })
+}
+
+/// Per function, one sample for each of a fixed set of values of a second label
+/// (`state`, `class`), every one shown, at 0 too, so a dashboard has the series
+/// before the first event.
+fn per_function_by<'a, const N: usize>(
+    fs: &'a [FunctionSnapshot],
+    label: &'static str,
+    values: impl Fn(&FunctionSnapshot) -> [(&'static str, u64); N] + 'a,
+) -> impl Iterator<Item = Sample<'a>> + 'a {
+    fs.iter().flat_map(move |f| {
+        values(f)
+            .into_iter()
+            .map(move |(value_of_label, n)| Sample {
+                suffix: "",
+                labels: vec![
+                    ("function", f.function_name.as_str()),
+                    (label, value_of_label),
+                ],
+                value: Value::Int(n),
+            })
     })
 }
 
@@ -1076,6 +1209,74 @@ mod tests {
     }
 
     #[test]
+    fn async_events_count_per_function_and_are_forgotten_with_it() {
+        let mut m = Metrics::new();
+        for _ in 0..3 {
+            m.event_received("f");
+        }
+        m.event_dropped("f");
+        m.event_dead_lettered("f");
+        m.destination_failed("f");
+        m.destination_failed("f");
+        m.event_received("g");
+        m.invoked("h", &ok(1));
+
+        // `f` and `g` only ever got events: no invoke, no gauges passed in.
+        let s = snapshot(&m);
+        let names: Vec<_> = s
+            .functions
+            .iter()
+            .map(|f| f.function_name.as_str())
+            .collect();
+        assert_eq!(names, ["f", "g", "h"]);
+        assert_eq!(counts_of(&s, "f"), (3, 1, 1, 2));
+        assert_eq!(counts_of(&s, "g"), (1, 0, 0, 0));
+        assert_eq!(counts_of(&s, "h"), (0, 0, 0, 0));
+        assert_eq!(function(&s, "f").counters.invocations, 0);
+        assert_eq!(
+            function(&s, "f").counters.throttles[ACCOUNT],
+            0,
+            "an event-only function shows every counter"
+        );
+        let e = parse(&render_prometheus(&s));
+        let received = |name| {
+            number(sample(
+                &e,
+                "lambdalet_async_events_received_total",
+                &[("function", name)],
+            ))
+        };
+        assert_eq!((received("f"), received("g")), (3.0, 1.0));
+        assert_eq!(
+            number(sample(
+                &e,
+                "lambdalet_invocations_total",
+                &[("function", "g")]
+            )),
+            0.0
+        );
+
+        m.forget("f");
+        let s = snapshot(&m);
+        assert!(s.functions.iter().all(|f| f.function_name != "f"));
+        assert!(!render_prometheus(&s).contains("function=\"f\""));
+        m.event_received("f");
+        assert_eq!(counts_of(&snapshot(&m), "f"), (1, 0, 0, 0));
+    }
+
+    /// A function's async counters: (received, dropped, dead-lettered, delivery
+    /// failures).
+    fn counts_of(s: &Snapshot, name: &str) -> (u64, u64, u64, u64) {
+        let c = &function(s, name).counters;
+        (
+            c.async_events_received,
+            c.async_events_dropped,
+            c.async_events_dead_lettered,
+            c.destination_delivery_failures,
+        )
+    }
+
+    #[test]
     fn snapshot_lists_gauged_and_invoked_functions_sorted_with_their_gauges() {
         let mut m = Metrics::new();
         m.invoked("zeta", &ok(1));
@@ -1107,7 +1308,7 @@ mod tests {
     }
 
     /// Two functions as `lambdalet metrics` shows them: `a` invoked, with a
-    /// reservation and provisioned concurrency, `b` never invoked.
+    /// reservation, provisioned concurrency and queued events, `b` never invoked.
     fn two_functions() -> Snapshot {
         let mut m = Metrics::new();
         m.invoked(
@@ -1129,6 +1330,13 @@ mod tests {
             },
         );
         m.throttled("a", RESERVED);
+        for _ in 0..5 {
+            m.event_received("a");
+        }
+        m.event_dropped("a");
+        m.event_dead_lettered("a");
+        m.event_dead_lettered("a");
+        m.destination_failed("a");
         let gauges = BTreeMap::from([
             (
                 "a".to_owned(),
@@ -1140,6 +1348,11 @@ mod tests {
                     provisioned_ready: 1,
                     reserved_concurrency: Some(2),
                     provisioned_concurrency: Some(1),
+                    queue_depth: 2,
+                    queue_ready: 0,
+                    queue_in_flight: 1,
+                    queue_retrying: 1,
+                    queue_oldest_age_seconds: 62.25,
                 },
             ),
             ("b".to_owned(), FunctionGauges::default()),
@@ -1210,6 +1423,36 @@ mod tests {
             v("lambdalet_reserved_concurrency", &[("function", "a")]),
             2.0
         );
+
+        let a = [("function", "a")];
+        for (family, n) in [
+            ("lambdalet_async_events_received_total", 5.0),
+            ("lambdalet_async_events_dropped_total", 1.0),
+            ("lambdalet_async_events_dead_lettered_total", 2.0),
+            ("lambdalet_async_destination_delivery_failures_total", 1.0),
+            ("lambdalet_async_queue_depth", 2.0),
+            ("lambdalet_async_queue_oldest_age_seconds", 62.25),
+        ] {
+            assert_eq!(v(family, &a), n, "{family}");
+        }
+        let queued = |state| {
+            v(
+                "lambdalet_async_queue_events",
+                &[("function", "a"), ("state", state)],
+            )
+        };
+        assert_eq!(
+            (queued("ready"), queued("in_flight"), queued("retrying")),
+            (0.0, 1.0, 1.0)
+        );
+        assert_eq!(
+            e.families["lambdalet_async_queue_events"]
+                .iter_samples()
+                .count(),
+            6,
+            "three states for each of `a` and `b`"
+        );
+
         for family in [
             "lambdalet_reserved_concurrency",
             "lambdalet_provisioned_concurrency",
@@ -1268,8 +1511,24 @@ mod tests {
     fn a_function_never_invoked_shows_its_counters_at_zero() {
         let e = parse(&render_prometheus(&two_functions()));
         let b = [("function", "b")];
-        for family in ["lambdalet_invocations_total", "lambdalet_cold_starts_total"] {
+        for family in [
+            "lambdalet_invocations_total",
+            "lambdalet_cold_starts_total",
+            "lambdalet_async_events_received_total",
+            "lambdalet_async_events_dropped_total",
+            "lambdalet_async_events_dead_lettered_total",
+            "lambdalet_async_destination_delivery_failures_total",
+            "lambdalet_async_queue_depth",
+            "lambdalet_async_queue_oldest_age_seconds",
+        ] {
             assert_eq!(number(sample(&e, family, &b)), 0.0, "{family}");
+        }
+        for state in ["ready", "in_flight", "retrying"] {
+            let labels = [("function", "b"), ("state", state)];
+            assert_eq!(
+                number(sample(&e, "lambdalet_async_queue_events", &labels)),
+                0.0
+            );
         }
         for class in ErrorClass::ALL {
             let labels = [("function", "b"), ("class", class.as_str())];
@@ -1382,6 +1641,15 @@ mod tests {
             "\"P99\"",
             "\"ColdStarts\"",
             "\"ReservedConcurrency\":2",
+            "\"AsyncEventsReceived\":5",
+            "\"AsyncEventsDropped\":1",
+            "\"AsyncEventsDeadLettered\":2",
+            "\"DestinationDeliveryFailures\":1",
+            "\"QueueDepth\":2",
+            "\"QueueReady\":0",
+            "\"QueueInFlight\":1",
+            "\"QueueRetrying\":1",
+            "\"QueueOldestAgeSeconds\":62.25",
         ] {
             assert!(json.contains(key), "{key} in {json}");
         }
@@ -1401,6 +1669,23 @@ mod tests {
         assert_eq!(s.account.concurrency_limit, 10);
         assert_eq!(s.functions[0].gauges, FunctionGauges::default());
         assert_eq!(s.functions[0].counters.invocations, 0);
+
+        // The shape before the event queue: no async counters, no queue gauges.
+        let s: Snapshot = serde_json::from_str(
+            r#"{"Functions":[{"FunctionName":"f",
+                "Counters":{"Invocations":3,"Throttles":{},"ColdStarts":1},
+                "Gauges":{"ConcurrentExecutions":2,"EnvironmentsIdle":1}}]}"#,
+        )
+        .unwrap();
+        let f = &s.functions[0];
+        assert_eq!((f.counters.invocations, f.counters.cold_starts), (3, 1));
+        assert_eq!(f.counters.async_events_received, 0);
+        assert_eq!(f.counters.destination_delivery_failures, 0);
+        assert_eq!(f.gauges.concurrent_executions, 2);
+        assert_eq!(
+            (f.gauges.queue_depth, f.gauges.queue_oldest_age_seconds),
+            (0, 0.0)
+        );
     }
 
     #[test]
