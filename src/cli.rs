@@ -30,11 +30,12 @@ use serde_json::value::{to_raw_value, RawValue};
 pub use client::Client;
 
 use crate::protocol::{
-    self, op, Environment, EphemeralStorage, FunctionCode, InvokeResult, LogLines, LogType,
-    WireError,
+    self, op, DestinationConfig, Environment, EphemeralStorage, EventQueue, FunctionCode,
+    InvocationType, InvokeAccepted, InvokeResult, LogLines, LogType, OnDestination, WireError,
 };
 use crate::supervisor::{
-    self, ServeOptions, DEFAULT_KEEP_ALIVE, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+    self, ServeOptions, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_KEEP_ALIVE, DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
 };
 
 /// The environment variable that names the socket when `--socket` is not given.
@@ -100,7 +101,11 @@ pub enum Command {
     ListFunctions,
     /// Delete a function, its code and its logs.
     DeleteFunction(FunctionNameArg),
-    /// Invoke a function synchronously and print the response metadata.
+    /// Invoke a function: synchronously by default, or queue an event.
+    ///
+    /// RequestResponse (the default) runs it now and prints the response
+    /// metadata; Event stores the event durably and prints its 202 at once
+    /// (it runs later, with retries); DryRun only checks the request (204).
     Invoke(InvokeArgs),
     /// Print a function's newest log lines.
     Logs(LogsArgs),
@@ -120,6 +125,21 @@ pub enum Command {
     DeleteProvisionedConcurrencyConfig(FunctionNameArg),
     /// Show the account's concurrency limit and unreserved concurrency.
     GetAccountSettings,
+    /// Set a function's asynchronous invocation configuration: retries,
+    /// maximum event age and destinations (what is not given takes its
+    /// default).
+    PutFunctionEventInvokeConfig(EventInvokeConfigArgs),
+    /// Change a function's asynchronous invocation configuration; what is
+    /// not given stays as it is.
+    UpdateFunctionEventInvokeConfig(EventInvokeConfigArgs),
+    /// Show a function's asynchronous invocation configuration.
+    GetFunctionEventInvokeConfig(FunctionNameArg),
+    /// Remove a function's asynchronous invocation configuration (it gets
+    /// the defaults again: 2 retries, 6 hours, no destinations).
+    DeleteFunctionEventInvokeConfig(FunctionNameArg),
+    /// Show a function's asynchronous queue: events waiting, running and
+    /// waiting to be retried, and the age of the oldest.
+    Queue(QueueArgs),
     /// Print per-function metrics (invocations, errors, throttles, cold
     /// starts, concurrency, duration and memory percentiles) in the
     /// Prometheus text format.
@@ -131,6 +151,38 @@ pub struct MetricsArgs {
     /// Print the GetMetrics answer as JSON instead.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// The function's name.
+    pub name: String,
+    /// Print the GetEventQueue answer as JSON instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// put- and update-function-event-invoke-config.
+#[derive(Debug, Args)]
+pub struct EventInvokeConfigArgs {
+    /// The function's name.
+    pub name: String,
+    /// Retries after a function error or timeout, 0–2 (default 2).
+    #[arg(long, value_name = "N")]
+    pub maximum_retry_attempts: Option<u32>,
+    /// An event older than this is not run any more (its record goes to
+    /// --on-failure), 60–21600 (default 21600).
+    #[arg(long, value_name = "SECONDS")]
+    pub maximum_event_age_in_seconds: Option<u32>,
+    /// Where the record of a successful event goes: a function's name or
+    /// ARN, or an absolute directory on the supervisor's host that gets one
+    /// JSON file per record (root clients only). "" removes it.
+    #[arg(long, value_name = "DEST")]
+    pub on_success: Option<String>,
+    /// Where the record of an event that ran out of retries or grew too old
+    /// goes; as --on-success.
+    #[arg(long, value_name = "DEST")]
+    pub on_failure: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +236,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = crate::supervisor::DEFAULT_MAX_CONCURRENCY,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrency: u32,
+    /// Multiplies the asynchronous queue's clock (retry delays, throttle
+    /// backoff, maximum event age): above 0 and at most 1, which is Lambda's
+    /// timing; tests use 0.01.
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = parse_time_scale)]
+    pub async_time_scale: f64,
+    /// How long an Event invoke's idempotency key is remembered: the same key
+    /// within it is answered with the first event's request id, not queued
+    /// again.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDEMPOTENCY_WINDOW.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_window: u64,
 }
 
 /// Where new code comes from: exactly one of `--code` and `--zip-file`.
@@ -274,10 +337,47 @@ pub enum LogTypeArg {
     Tail,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InvocationTypeArg {
+    /// Run now and print the result.
+    #[value(name = "RequestResponse")]
+    RequestResponse,
+    /// Store the event durably and return 202 at once; it runs later, with
+    /// retries.
+    #[value(name = "Event")]
+    Event,
+    /// Check the request without running it (204).
+    #[value(name = "DryRun")]
+    DryRun,
+}
+
+impl From<InvocationTypeArg> for InvocationType {
+    fn from(arg: InvocationTypeArg) -> InvocationType {
+        match arg {
+            InvocationTypeArg::RequestResponse => InvocationType::RequestResponse,
+            InvocationTypeArg::Event => InvocationType::Event,
+            InvocationTypeArg::DryRun => InvocationType::DryRun,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct InvokeArgs {
     /// The function's name.
     pub name: String,
+    /// RequestResponse runs now; Event queues and answers 202; DryRun only
+    /// checks (204).
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        default_value = "RequestResponse"
+    )]
+    pub invocation_type: InvocationTypeArg,
+    /// Event only: a key of 1–256 bytes; the same key for the same function
+    /// within the supervisor's --idempotency-window is not queued again.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
     /// The event: JSON text, `@FILE` to read it from a file, `@-` from stdin
     /// (default `{}`).
     #[arg(long, value_name = "JSON|@FILE")]
@@ -291,7 +391,8 @@ pub struct InvokeArgs {
     /// Print the decoded log tail on stderr (implies --log-type Tail).
     #[arg(long)]
     pub show_log: bool,
-    /// Write the function's response here instead of including it in the output.
+    /// Write the function's response here instead of including it in the
+    /// output (Event and DryRun have none: the file is left empty, as with aws).
     pub outfile: Option<PathBuf>,
 }
 
@@ -379,6 +480,10 @@ enum Output {
         outfile: Option<PathBuf>,
         show_log: bool,
     },
+    /// An Event (202) or DryRun (204) answer; `outfile` is written empty.
+    Accepted { outfile: Option<PathBuf> },
+    /// A function's asynchronous queue, one `key: value` per line.
+    Queue,
     /// Log lines as text.
     Lines,
     /// A metrics snapshot in the Prometheus text format.
@@ -498,27 +603,7 @@ fn action(cli: Cli) -> Result<Action, CliError> {
             Request::new(op::DELETE_FUNCTION, &function_name(args.name)),
             Output::Quiet,
         ),
-        Command::Invoke(args) => {
-            let payload = match &args.payload {
-                Some(text) => Some(read_payload(text)?),
-                None => None,
-            };
-            let tail = args.show_log || args.log_type == LogTypeArg::Tail;
-            let params = protocol::Invoke {
-                function_name: args.name,
-                invocation_type: protocol::InvocationType::RequestResponse,
-                log_type: if tail { LogType::Tail } else { LogType::None },
-                client_context: args.client_context,
-                payload,
-            };
-            (
-                Request::new(op::INVOKE, &params),
-                Output::Invoke {
-                    outfile: args.outfile,
-                    show_log: args.show_log,
-                },
-            )
-        }
+        Command::Invoke(args) => invoke(args)?,
         Command::Logs(args) => {
             let params = protocol::GetLogs {
                 function_name: args.name,
@@ -573,6 +658,42 @@ fn action(cli: Cli) -> Result<Action, CliError> {
             Request::new(op::GET_ACCOUNT_SETTINGS, &protocol::NoParams {}),
             Output::Json,
         ),
+        Command::PutFunctionEventInvokeConfig(args) => (
+            Request::new(
+                op::PUT_FUNCTION_EVENT_INVOKE_CONFIG,
+                &event_invoke_config(args),
+            ),
+            Output::Json,
+        ),
+        Command::UpdateFunctionEventInvokeConfig(args) => (
+            Request::new(
+                op::UPDATE_FUNCTION_EVENT_INVOKE_CONFIG,
+                &event_invoke_config(args),
+            ),
+            Output::Json,
+        ),
+        Command::GetFunctionEventInvokeConfig(args) => (
+            Request::new(
+                op::GET_FUNCTION_EVENT_INVOKE_CONFIG,
+                &function_qualifier(args.name),
+            ),
+            Output::Json,
+        ),
+        Command::DeleteFunctionEventInvokeConfig(args) => (
+            Request::new(
+                op::DELETE_FUNCTION_EVENT_INVOKE_CONFIG,
+                &function_qualifier(args.name),
+            ),
+            Output::Quiet,
+        ),
+        Command::Queue(args) => (
+            Request::new(op::GET_EVENT_QUEUE, &function_name(args.name)),
+            if args.json {
+                Output::Json
+            } else {
+                Output::Queue
+            },
+        ),
         Command::Metrics(args) => (
             Request::new(op::GET_METRICS, &protocol::NoParams {}),
             if args.json {
@@ -589,6 +710,77 @@ fn action(cli: Cli) -> Result<Action, CliError> {
     })
 }
 
+/// `invoke`: the checks that need no server come first, so a bad combination
+/// is refused before anything is read or sent.
+fn invoke(args: InvokeArgs) -> Result<(Request, Output), CliError> {
+    let invocation_type = InvocationType::from(args.invocation_type);
+    if let Some(key) = &args.idempotency_key {
+        if invocation_type != InvocationType::Event {
+            return Err(CliError::Usage(format!(
+                "--idempotency-key needs --invocation-type Event: it keeps a repeated event \
+                 from being queued twice, and a {invocation_type:?} invoke queues nothing"
+            )));
+        }
+        if key.is_empty() || key.len() > protocol::MAX_IDEMPOTENCY_KEY_BYTES {
+            return Err(CliError::Usage(format!(
+                "--idempotency-key must be 1 to {} bytes long (got {})",
+                protocol::MAX_IDEMPOTENCY_KEY_BYTES,
+                key.len()
+            )));
+        }
+    }
+    if args.show_log && invocation_type != InvocationType::RequestResponse {
+        return Err(CliError::Usage(format!(
+            "--show-log needs --invocation-type RequestResponse: {invocation_type:?} returns \
+             no log (an event's log is in `lambdalet logs {}` once it has run)",
+            args.name
+        )));
+    }
+    let payload = match &args.payload {
+        Some(text) => Some(read_payload(text, invocation_type)?),
+        None => None,
+    };
+    let tail = args.show_log || args.log_type == LogTypeArg::Tail;
+    let params = protocol::Invoke {
+        function_name: args.name,
+        invocation_type,
+        log_type: if tail { LogType::Tail } else { LogType::None },
+        client_context: args.client_context,
+        payload,
+        idempotency_key: args.idempotency_key,
+    };
+    let output = match invocation_type {
+        InvocationType::RequestResponse => Output::Invoke {
+            outfile: args.outfile,
+            show_log: args.show_log,
+        },
+        InvocationType::Event | InvocationType::DryRun => Output::Accepted {
+            outfile: args.outfile,
+        },
+    };
+    Ok((Request::new(op::INVOKE, &params), output))
+}
+
+/// put- and update-function-event-invoke-config send the same shape; a
+/// DestinationConfig only when a destination was given, so that Update
+/// keeps the destinations it is not told about.
+fn event_invoke_config(args: EventInvokeConfigArgs) -> protocol::PutFunctionEventInvokeConfig {
+    let destination_config = (args.on_success.is_some() || args.on_failure.is_some()).then(|| {
+        let on = |d: Option<String>| d.map(|destination| OnDestination { destination });
+        DestinationConfig {
+            on_success: on(args.on_success),
+            on_failure: on(args.on_failure),
+        }
+    });
+    protocol::PutFunctionEventInvokeConfig {
+        function_name: args.name,
+        qualifier: None,
+        maximum_retry_attempts: args.maximum_retry_attempts,
+        maximum_event_age_in_seconds: args.maximum_event_age_in_seconds,
+        destination_config,
+    }
+}
+
 fn serve_options(args: ServeArgs, socket: PathBuf) -> ServeOptions {
     ServeOptions {
         state_dir: args.state_dir,
@@ -600,6 +792,8 @@ fn serve_options(args: ServeArgs, socket: PathBuf) -> ServeOptions {
         socket_group: args.socket_group,
         prewarm: args.prewarm,
         max_concurrency: args.max_concurrency,
+        async_time_scale: args.async_time_scale,
+        idempotency_window: Duration::from_secs(args.idempotency_window),
     }
 }
 
@@ -660,9 +854,9 @@ fn function_code(source: &CodeSource) -> Result<FunctionCode, CliError> {
     })
 }
 
-/// `--payload`: JSON text, `@FILE` or `@-`; must be valid JSON and fit a
-/// synchronous invoke.
-fn read_payload(arg: &str) -> Result<Box<RawValue>, CliError> {
+/// `--payload`: JSON text, `@FILE` or `@-`; must be valid JSON and fit the
+/// invocation type's limit (an Event's is smaller).
+fn read_payload(arg: &str, invocation_type: InvocationType) -> Result<Box<RawValue>, CliError> {
     let text = match arg.strip_prefix('@') {
         Some("-") => {
             let mut text = String::new();
@@ -676,12 +870,17 @@ fn read_payload(arg: &str) -> Result<Box<RawValue>, CliError> {
         None => arg.to_owned(),
     };
     let text = text.trim();
-    if text.len() > protocol::MAX_SYNC_PAYLOAD_BYTES {
+    let (limit, kind) = match invocation_type {
+        InvocationType::Event => (protocol::MAX_ASYNC_PAYLOAD_BYTES, "an asynchronous (Event)"),
+        InvocationType::RequestResponse | InvocationType::DryRun => {
+            (protocol::MAX_SYNC_PAYLOAD_BYTES, "a synchronous")
+        }
+    };
+    if text.len() > limit {
         return Err(CliError::Usage(format!(
-            "--payload is {} bytes; a synchronous invoke accepts at most {} \
+            "--payload is {} bytes; {kind} invoke accepts at most {limit} \
              (RequestTooLargeException)",
             text.len(),
-            protocol::MAX_SYNC_PAYLOAD_BYTES
         )));
     }
     serde_json::from_str::<Box<RawValue>>(text)
@@ -757,7 +956,32 @@ fn show(
             }
             Ok(())
         }
+        Output::Accepted { outfile } => {
+            let accepted: InvokeAccepted = parse_result(result)?;
+            if let Some(path) = outfile {
+                // An Event or DryRun answer has no payload; aws still
+                // creates the file, empty.
+                std::fs::write(path, b"").map_err(|source| CliError::WriteOutput {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            let text = serde_json::to_string(&accepted).expect("an answer always serialises");
+            writeln!(stdout, "{}", json::pretty(&text)).map_err(stdout_error)
+        }
+        Output::Queue => {
+            let queue: EventQueue = parse_result(result)?;
+            write!(stdout, "{}", render_queue(&queue)).map_err(stdout_error)
+        }
     }
+}
+
+/// `lambdalet queue NAME`: one `key: value` per line.
+fn render_queue(q: &EventQueue) -> String {
+    format!(
+        "function: {}\ndepth: {}\nready: {}\nin-flight: {}\nretrying: {}\noldest-age: {:.2} s\n",
+        q.function_name, q.depth, q.ready, q.in_flight, q.retrying, q.oldest_age_seconds
+    )
 }
 
 fn parse_result<T: serde::de::DeserializeOwned>(result: &RawValue) -> Result<T, CliError> {
@@ -772,6 +996,18 @@ fn parse_env_pair(s: &str) -> Result<(String, String), String> {
         Some(("", _)) => Err(format!("'{s}': the variable name before '=' is empty")),
         Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
         None => Err(format!("'{s}': expected KEY=VALUE (there is no '=')")),
+    }
+}
+
+/// `--async-time-scale`: a factor in (0, 1]. Above 1 would make Lambda's
+/// timing slower, which nothing needs; 0 would retry at once, forever.
+fn parse_time_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!(
+            "'{s}' is not a time scale: give a number above 0 and at most 1 \
+             (1 is Lambda's timing, 0.01 runs its one-minute retry delay in 0.6 s)"
+        )),
     }
 }
 

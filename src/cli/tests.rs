@@ -633,3 +633,370 @@ fn one_client_pipes_several_calls_with_fresh_ids() {
         .collect();
     assert_eq!(ids, [json!(1), json!(2)]);
 }
+
+/// The output a command line would choose.
+fn output(args: &[&str]) -> Output {
+    match action(parse(args).unwrap()).unwrap() {
+        Action::Call { output, .. } => output,
+        Action::Serve(_) => panic!("not a client command"),
+    }
+}
+
+/// What `show` prints for `result` (a JSON text) with `output`.
+fn shown(result: &str, output: &Output) -> String {
+    let raw = RawValue::from_string(result.to_owned()).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    show(&raw, output, &mut out, &mut err).unwrap();
+    assert!(err.is_empty());
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn invoke_event_and_dry_run_send_their_type_and_the_key() {
+    assert_eq!(
+        request(&[
+            "invoke",
+            "orders",
+            "--invocation-type",
+            "Event",
+            "--idempotency-key",
+            "order-7",
+            "--payload",
+            "{\"order\": 7}",
+        ]),
+        json!({"op": "Invoke", "params": {
+            "FunctionName": "orders", "InvocationType": "Event", "LogType": "None",
+            "Payload": {"order": 7}, "IdempotencyKey": "order-7",
+        }})
+    );
+    assert_eq!(
+        request(&["invoke", "orders", "--invocation-type", "dryrun"])["params"],
+        json!({"FunctionName": "orders", "InvocationType": "DryRun", "LogType": "None"})
+    );
+    assert_eq!(
+        output(&["invoke", "f", "--invocation-type", "Event", "out.json"]),
+        Output::Accepted {
+            outfile: Some(PathBuf::from("out.json"))
+        }
+    );
+    assert_eq!(
+        output(&["invoke", "f", "--invocation-type", "DryRun"]),
+        Output::Accepted { outfile: None }
+    );
+    // RequestResponse keeps its output.
+    assert_eq!(
+        output(&["invoke", "f", "out.json"]),
+        Output::Invoke {
+            outfile: Some(PathBuf::from("out.json")),
+            show_log: false
+        }
+    );
+
+    let bad_type = clap_error(&["invoke", "f", "--invocation-type", "Async"]);
+    assert!(
+        bad_type.contains("possible values: RequestResponse, Event, DryRun"),
+        "{bad_type}"
+    );
+}
+
+#[test]
+fn an_idempotency_key_is_for_events_only_and_checked_before_sending() {
+    for args in [
+        &["invoke", "f", "--idempotency-key", "k"][..],
+        &[
+            "invoke",
+            "f",
+            "--invocation-type",
+            "RequestResponse",
+            "--idempotency-key",
+            "k",
+        ],
+        &[
+            "invoke",
+            "f",
+            "--invocation-type",
+            "DryRun",
+            "--idempotency-key",
+            "k",
+        ],
+    ] {
+        let refused = usage_error(args);
+        assert!(
+            refused.starts_with("--idempotency-key needs --invocation-type Event"),
+            "{refused}"
+        );
+    }
+    let long = "k".repeat(protocol::MAX_IDEMPOTENCY_KEY_BYTES + 1);
+    for key in ["", long.as_str()] {
+        let refused = usage_error(&[
+            "invoke",
+            "f",
+            "--invocation-type",
+            "Event",
+            "--idempotency-key",
+            key,
+        ]);
+        assert!(
+            refused.starts_with("--idempotency-key must be 1 to 256 bytes long"),
+            "{refused}"
+        );
+    }
+    let show_log = usage_error(&["invoke", "f", "--invocation-type", "Event", "--show-log"]);
+    assert!(
+        show_log.starts_with("--show-log needs --invocation-type RequestResponse: Event"),
+        "{show_log}"
+    );
+}
+
+#[test]
+fn an_event_payload_has_the_smaller_limit() {
+    // Just over 1 MB: too large for an Event, fine for a synchronous invoke.
+    let big = format!("\"{}\"", "x".repeat(protocol::MAX_ASYNC_PAYLOAD_BYTES));
+    let refused = usage_error(&[
+        "invoke",
+        "f",
+        "--invocation-type",
+        "Event",
+        "--payload",
+        &big,
+    ]);
+    assert!(
+        refused.contains("an asynchronous (Event) invoke accepts at most 1048576"),
+        "{refused}"
+    );
+    assert!(refused.contains("RequestTooLargeException"), "{refused}");
+    assert_eq!(
+        request(&["invoke", "f", "--payload", &big])["params"]["Payload"]
+            .as_str()
+            .map(str::len),
+        Some(protocol::MAX_ASYNC_PAYLOAD_BYTES)
+    );
+}
+
+#[test]
+fn an_accepted_invoke_prints_its_answer_and_leaves_the_outfile_empty() {
+    let accepted = Output::Accepted { outfile: None };
+    assert_eq!(
+        shown(
+            r#"{"StatusCode":202,"RequestId":"5b0c8a2e-1f3d-4c6b-9a7e-2d4f6b8c0e13"}"#,
+            &accepted
+        ),
+        "{\n  \"StatusCode\": 202,\n  \"RequestId\": \"5b0c8a2e-1f3d-4c6b-9a7e-2d4f6b8c0e13\"\n}\n"
+    );
+    assert_eq!(
+        shown(
+            r#"{"StatusCode":202,"RequestId":"r1","Duplicate":true}"#,
+            &accepted
+        ),
+        "{\n  \"StatusCode\": 202,\n  \"RequestId\": \"r1\",\n  \"Duplicate\": true\n}\n"
+    );
+    assert_eq!(
+        shown(r#"{"StatusCode":204}"#, &accepted),
+        "{\n  \"StatusCode\": 204\n}\n"
+    );
+
+    // As with aws: the outfile is created (or emptied), with nothing in it.
+    let dir = tempfile::tempdir().unwrap();
+    let outfile = dir.path().join("response.json");
+    std::fs::write(&outfile, "an older response").unwrap();
+    let printed = shown(
+        r#"{"StatusCode":202,"RequestId":"r1"}"#,
+        &Output::Accepted {
+            outfile: Some(outfile.clone()),
+        },
+    );
+    assert_eq!(
+        printed,
+        "{\n  \"StatusCode\": 202,\n  \"RequestId\": \"r1\"\n}\n"
+    );
+    assert_eq!(std::fs::read(&outfile).unwrap(), b"");
+
+    // An answer of another shape is the supervisor's mistake, not a success.
+    let raw = RawValue::from_string(r#"{"StatusCode":"202"}"#.to_owned()).unwrap();
+    let err = show(&raw, &accepted, &mut Vec::new(), &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, CliError::Protocol(_)), "{err}");
+}
+
+#[test]
+fn an_event_invoke_end_to_end() {
+    let (_dir, socket, server) = server(answer(|req| {
+        format!(
+            r#"{{"id":{},"result":{{"StatusCode":202,"RequestId":"r1","Duplicate":true}}}}"#,
+            req["id"]
+        )
+    }));
+    let (code, out, err) = run_against(
+        &socket,
+        &[
+            "invoke",
+            "orders",
+            "--invocation-type",
+            "Event",
+            "--idempotency-key",
+            "order-7",
+        ],
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"StatusCode": 202, "RequestId": "r1", "Duplicate": true})
+    );
+    let lines = server.join().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&lines[0]).unwrap()["params"],
+        json!({"FunctionName": "orders", "InvocationType": "Event", "LogType": "None",
+               "IdempotencyKey": "order-7"})
+    );
+}
+
+#[test]
+fn event_invoke_config_commands() {
+    assert_eq!(
+        request(&[
+            "put-function-event-invoke-config",
+            "orders",
+            "--maximum-retry-attempts",
+            "0",
+            "--maximum-event-age-in-seconds",
+            "3600",
+            "--on-success",
+            "audit",
+            "--on-failure",
+            "/var/lib/lambdalet-failures",
+        ]),
+        json!({"op": "PutFunctionEventInvokeConfig", "params": {
+            "FunctionName": "orders",
+            "MaximumRetryAttempts": 0,
+            "MaximumEventAgeInSeconds": 3600,
+            "DestinationConfig": {
+                "OnSuccess": {"Destination": "audit"},
+                "OnFailure": {"Destination": "/var/lib/lambdalet-failures"},
+            },
+        }})
+    );
+    // Without a destination flag there is no DestinationConfig at all.
+    assert_eq!(
+        request(&["put-function-event-invoke-config", "orders"]),
+        json!({"op": "PutFunctionEventInvokeConfig", "params": {"FunctionName": "orders"}})
+    );
+    // Update sends only what is given, so the rest is kept; "" removes.
+    assert_eq!(
+        request(&[
+            "update-function-event-invoke-config",
+            "orders",
+            "--on-failure",
+            "arn:aws:lambda:us-east-1:000000000000:function:dlq",
+        ]),
+        json!({"op": "UpdateFunctionEventInvokeConfig", "params": {
+            "FunctionName": "orders",
+            "DestinationConfig": {
+                "OnFailure": {"Destination": "arn:aws:lambda:us-east-1:000000000000:function:dlq"},
+            },
+        }})
+    );
+    assert_eq!(
+        request(&[
+            "update-function-event-invoke-config",
+            "orders",
+            "--maximum-retry-attempts",
+            "1",
+            "--on-success",
+            "",
+        ])["params"],
+        json!({"FunctionName": "orders", "MaximumRetryAttempts": 1,
+               "DestinationConfig": {"OnSuccess": {"Destination": ""}}})
+    );
+    assert_eq!(
+        request(&["get-function-event-invoke-config", "orders"]),
+        json!({"op": "GetFunctionEventInvokeConfig", "params": {"FunctionName": "orders"}})
+    );
+    assert_eq!(
+        request(&["delete-function-event-invoke-config", "orders"]),
+        json!({"op": "DeleteFunctionEventInvokeConfig", "params": {"FunctionName": "orders"}})
+    );
+    assert_eq!(
+        output(&["put-function-event-invoke-config", "orders"]),
+        Output::Json
+    );
+    assert_eq!(
+        output(&["delete-function-event-invoke-config", "orders"]),
+        Output::Quiet
+    );
+    let negative = clap_error(&[
+        "put-function-event-invoke-config",
+        "orders",
+        "--maximum-retry-attempts=-1",
+    ]);
+    assert!(negative.contains("--maximum-retry-attempts"), "{negative}");
+}
+
+#[test]
+fn queue_asks_for_the_event_queue_and_prints_it_as_lines() {
+    assert_eq!(
+        request(&["queue", "orders"]),
+        json!({"op": "GetEventQueue", "params": {"FunctionName": "orders"}})
+    );
+    assert_eq!(output(&["queue", "orders"]), Output::Queue);
+    assert_eq!(output(&["queue", "orders", "--json"]), Output::Json);
+
+    let queue = EventQueue {
+        function_name: "orders".into(),
+        depth: 12,
+        ready: 3,
+        in_flight: 8,
+        retrying: 1,
+        oldest_age_seconds: 4.2,
+    };
+    let expected = "function: orders\ndepth: 12\nready: 3\nin-flight: 8\nretrying: 1\n\
+                    oldest-age: 4.20 s\n";
+    assert_eq!(render_queue(&queue), expected);
+    let wire = serde_json::to_string(&queue).unwrap();
+    assert_eq!(shown(&wire, &Output::Queue), expected);
+    assert_eq!(
+        render_queue(&EventQueue {
+            function_name: "idle".into(),
+            ..Default::default()
+        }),
+        "function: idle\ndepth: 0\nready: 0\nin-flight: 0\nretrying: 0\noldest-age: 0.00 s\n"
+    );
+}
+
+#[test]
+fn serve_takes_the_async_time_scale_and_idempotency_window() {
+    let Action::Serve(opts) = action(parse(&["serve"]).unwrap()).unwrap() else {
+        panic!()
+    };
+    assert_eq!(opts.async_time_scale, 1.0);
+    assert_eq!(
+        opts.idempotency_window,
+        supervisor::DEFAULT_IDEMPOTENCY_WINDOW
+    );
+
+    let Action::Serve(opts) = action(
+        parse(&[
+            "serve",
+            "--async-time-scale",
+            "0.01",
+            "--idempotency-window",
+            "60",
+        ])
+        .unwrap(),
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(opts.async_time_scale, 0.01);
+    assert_eq!(opts.idempotency_window, Duration::from_secs(60));
+
+    for bad in ["0", "2", "-0.5", "NaN", "inf", "fast"] {
+        let refused = clap_error(&["serve", &format!("--async-time-scale={bad}")]);
+        assert!(
+            refused.contains(&format!(
+                "'{bad}' is not a time scale: give a number above 0 and at most 1"
+            )),
+            "{refused}"
+        );
+    }
+    let zero = clap_error(&["serve", "--idempotency-window", "0"]);
+    assert!(zero.contains("--idempotency-window"), "{zero}");
+}
