@@ -32,6 +32,17 @@ pub struct Invocation {
     /// Its place in the concurrency counts, given back when it is dropped.
     #[expect(dead_code, reason = "held for its Drop, which gives the slot back")]
     pub slot: Option<Slot>,
+    /// Set when the invocation runs a queued event: its end goes to the
+    /// queue, not to a caller.
+    pub event: Option<EventRef>,
+}
+
+/// The queued event an invocation runs.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRef {
+    pub seq: u64,
+    /// This attempt's number (Lambda's approximateInvokeCount).
+    pub invoke_count: u32,
 }
 
 /// How an invocation ended.

@@ -7,6 +7,7 @@ mod env;
 mod invoke;
 pub mod logs;
 pub mod pidfd;
+mod queue;
 mod server;
 pub mod zygote;
 
@@ -21,6 +22,8 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Blanks kept ready: enough for a few concurrent cold starts, few enough
 /// that an idle host holds only some MB for them.
 pub const DEFAULT_PREWARM: usize = 4;
+/// How long an Event invoke's idempotency key is remembered.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
 pub use concurrency::{DEFAULT_MAX_CONCURRENCY, UNRESERVED_MIN};
 
 /// `lambdalet serve` options.
@@ -37,6 +40,13 @@ pub struct ServeOptions {
     pub prewarm: usize,
     /// The account's concurrency limit: invocations in flight at once.
     pub max_concurrency: u32,
+    /// Multiplies the asynchronous queue's clock: retry delays (Lambda's
+    /// 1 and 2 minutes), throttle backoff and the maximum event age. 1 is
+    /// Lambda's timing; tests use 0.01 to run in seconds.
+    pub async_time_scale: f64,
+    /// A second Event invoke with the same idempotency key within this
+    /// window is not queued again.
+    pub idempotency_window: Duration,
 }
 
 /// Run the supervisor until SIGTERM or SIGINT.

@@ -23,13 +23,15 @@ use super::env::{Env, EnvState, NewEnv, WorkerLine, LOG_READ_BUDGET};
 use super::invoke::{self, Invocation, Outcome};
 use super::logs::{LogStore, TailBuffer};
 use super::pidfd::{self, PidFd};
+use super::queue::store::Store;
+use super::queue::Queue;
 use super::zygote::{self, Zygote, ZygoteReport};
 use super::ServeOptions;
 use crate::config::FunctionSpec;
 use crate::metrics::{self, Metrics};
 use crate::protocol::{
-    self, op, ErrorKind, FunctionList, InvokeResult, LogLines, LogType, RequestLine, WireError,
-    MAX_LINE_BYTES, MAX_SYNC_PAYLOAD_BYTES,
+    self, op, ErrorKind, FunctionList, InvocationType, InvokeResult, LogLines, LogType,
+    RequestLine, WireError, MAX_LINE_BYTES, MAX_SYNC_PAYLOAD_BYTES,
 };
 use crate::registry::{Function, Registry};
 use crate::sandbox::cgroup::{CgroupManager, Limits};
@@ -42,6 +44,8 @@ const LISTENER: Token = Token(0);
 const ZYGOTE: Token = Token(1);
 const ZYGOTE_PID: Token = Token(2);
 const SIGNALS: Token = Token(3);
+/// The event store's writer wakes the loop when batches are committed.
+const STORE: Token = Token(4);
 const FIRST_DYNAMIC: usize = 16;
 
 /// How long an environment may take from spawn to ready (Lambda's init phase
@@ -90,6 +94,8 @@ enum Timer {
     Dying(u64),
     /// The runtime closed its channel this long ago and has not exited.
     Closed(u64),
+    /// A queued event's retry delay or backoff ends.
+    Events,
 }
 
 /// An environment that has ended but whose processes or cgroup are not gone.
@@ -183,6 +189,8 @@ pub struct Supervisor {
     /// The account's concurrency limit and in-flight counts.
     account: Account,
     metrics: Metrics,
+    /// Asynchronous invocations: the store, the queue, idempotency keys.
+    events: events::Events,
     shutting_down: bool,
 }
 
@@ -195,6 +203,7 @@ macro_rules! info {
 }
 
 mod capacity;
+mod events;
 
 impl Supervisor {
     pub fn new(opts: ServeOptions) -> Result<Supervisor, Box<dyn std::error::Error>> {
@@ -275,6 +284,37 @@ impl Supervisor {
             .to_string(),
         )?;
         let max_concurrency = opts.max_concurrency;
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), STORE)?);
+        let (store, loaded) = Store::open(state_dir, waker)?;
+        let now = events::now_ms();
+        let mut queue = Queue::new(opts.async_time_scale, loaded.next_seq);
+        let queued = loaded.events.len();
+        for meta in loaded.events {
+            queue.insert(meta, now);
+        }
+        if queued > 0 {
+            info!("{queued} queued event(s) recovered from the store");
+        }
+        let keys = loaded
+            .keys
+            .into_iter()
+            .map(|k| {
+                let state = events::KeyState::Done {
+                    request_id: k.request_id,
+                    expires_unix_ms: k.expires_unix_ms,
+                };
+                ((k.function, k.key), state)
+            })
+            .collect();
+        let events = events::Events {
+            store,
+            queue,
+            tickets: HashMap::new(),
+            next_ticket: 1,
+            keys,
+            dirty: queued > 0,
+            timer_at: None,
+        };
         let mut sup = Supervisor {
             host_cpus: host::host_cpus(),
             opts,
@@ -309,6 +349,7 @@ impl Supervisor {
             deletes: Vec::new(),
             account: Account::new(max_concurrency),
             metrics: Metrics::new(),
+            events,
             shutting_down: false,
         };
         sup.update_reserved_total();
@@ -357,6 +398,9 @@ impl Supervisor {
             }
             self.drain_log_backlog();
             self.fire_timers();
+            if self.events.dirty {
+                self.dispatch_events();
+            }
         }
         self.shutdown();
         Ok(())
@@ -374,6 +418,7 @@ impl Supervisor {
                 }
             }
             ZYGOTE_PID => self.zygote_exited(),
+            STORE => self.store_committed(),
             SIGNALS => {
                 while let Ok(Some(sig)) = self.signals.read_signal() {
                     info!("signal {}: shutting down", sig.ssi_signo);
@@ -747,6 +792,15 @@ impl Supervisor {
             op::DELETE_PROVISIONED_CONCURRENCY_CONFIG => self.op_delete_provisioned(params),
             op::GET_ACCOUNT_SETTINGS => self.op_account_settings(params),
             op::GET_METRICS => self.op_metrics(params),
+            op::PUT_FUNCTION_EVENT_INVOKE_CONFIG => {
+                self.op_put_event_invoke_config(t, params, false)
+            }
+            op::UPDATE_FUNCTION_EVENT_INVOKE_CONFIG => {
+                self.op_put_event_invoke_config(t, params, true)
+            }
+            op::GET_FUNCTION_EVENT_INVOKE_CONFIG => self.op_get_event_invoke_config(params),
+            op::DELETE_FUNCTION_EVENT_INVOKE_CONFIG => self.op_delete_event_invoke_config(params),
+            op::GET_EVENT_QUEUE => self.op_get_event_queue(params),
             op::GET_LOGS => parse::<protocol::GetLogs>(params).and_then(|p| {
                 let name = match self.registry.get(&p.function_name) {
                     Some(f) => f.spec.name.clone(),
@@ -837,6 +891,7 @@ impl Supervisor {
             info!("cannot remove the logs of {name}: {e}");
         }
         self.metrics.forget(&name);
+        self.drop_function_events(&name);
         info!("deleted function {name}");
         self.deletes.push((name.clone(), t, id));
         for env in self.env_ids_of(&name) {
@@ -883,6 +938,20 @@ impl Supervisor {
             Some(Ok(v)) => Some(v),
             None => None,
         };
+        if req.idempotency_key.is_some() && req.invocation_type != InvocationType::Event {
+            let err = WireError::invalid(
+                "IdempotencyKey is for InvocationType Event only: a synchronous invoke is answered with its result, so a retry is the caller's to make",
+            );
+            return self.reply(t, &id, Err(err));
+        }
+        match req.invocation_type {
+            InvocationType::RequestResponse => {}
+            InvocationType::Event => {
+                let key = req.idempotency_key;
+                return self.accept_event(t, id, &req.function_name, key, payload, client_context);
+            }
+            InvocationType::DryRun => return self.dry_run(t, id, &req.function_name),
+        }
         let Some(f) = self.registry.get(&req.function_name) else {
             return self.reply(t, &id, Err(not_found(&req.function_name)));
         };
@@ -909,6 +978,7 @@ impl Supervisor {
             log_bytes: 0,
             timer: 0,
             slot: Some(slot),
+            event: None,
         });
         self.schedule(&function);
     }
@@ -1734,6 +1804,9 @@ impl Supervisor {
 
     /// Answer an invocation that never ran, with the body of an init failure.
     fn answer_function_error(&mut self, inv: Invocation, body: Box<RawValue>) {
+        if inv.event.is_some() {
+            return self.event_ended(inv, events::EventEnd::FunctionError(body));
+        }
         let Some((t, id)) = inv.reply_to else { return };
         let result = InvokeResult {
             status_code: 200,
@@ -1747,6 +1820,9 @@ impl Supervisor {
     }
 
     fn answer_error(&mut self, inv: Invocation, err: WireError) {
+        if inv.event.is_some() {
+            return self.event_ended(inv, events::EventEnd::System(err));
+        }
         if let Some((t, id)) = inv.reply_to {
             self.reply(t, &id, Err(err));
         }
@@ -1807,6 +1883,9 @@ impl Supervisor {
             t.push_line(&report);
             t.base64()
         });
+        if inv.event.is_some() {
+            return self.event_outcome(inv, outcome);
+        }
         let Some((t, id)) = inv.reply_to.take() else {
             return;
         };
@@ -2013,6 +2092,7 @@ impl Supervisor {
                 }
                 Timer::Deadline(env_id, timer_id) => self.deadline(env_id, timer_id),
                 Timer::Dying(env_id) => self.reap_dying(env_id),
+                Timer::Events => self.event_timer(),
                 Timer::Closed(env_id) => {
                     if self.envs.contains_key(&env_id) {
                         self.env_failed(env_id, None);
@@ -2138,6 +2218,7 @@ impl Supervisor {
             .chain(self.zygote.as_ref().map(|z| z.pidfd.pid()))
             .collect();
         pidfd::reap_untracked(|pid| tracked.contains(&pid));
+        self.expire_events();
         for f in std::mem::take(&mut self.starved) {
             self.schedule(&f);
         }
@@ -2177,6 +2258,9 @@ impl Supervisor {
         if let Some(z) = self.zygote.take() {
             let _ = z.pidfd.kill_and_reap(REAP_WAIT);
         }
+        // Every accepted event is already stored; this waits for the
+        // removals and retries still being written.
+        self.events.store.close();
         let _ = std::fs::remove_file(&self.opts.socket);
         info!("stopped");
     }

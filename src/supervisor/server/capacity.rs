@@ -137,6 +137,7 @@ impl Supervisor {
     /// GetMetrics: the counters, with the gauges as they are now.
     pub(super) fn op_metrics(&mut self, params: &str) -> Result<String, WireError> {
         let _: protocol::NoParams = parse(params)?;
+        let now = super::events::now_ms();
         let mut gauges: BTreeMap<String, FunctionGauges> = self
             .registry
             .list()
@@ -149,6 +150,15 @@ impl Supervisor {
                     reserved_concurrency: f.concurrency.reserved,
                     provisioned_concurrency: f.concurrency.provisioned.map(|p| p.count),
                     ..FunctionGauges::default()
+                };
+                let q = self.events.queue.stats(&f.spec.name, now);
+                let g = FunctionGauges {
+                    queue_depth: q.depth(),
+                    queue_ready: q.ready,
+                    queue_in_flight: q.in_flight,
+                    queue_retrying: q.retrying,
+                    queue_oldest_age_seconds: q.oldest_age.as_secs_f64(),
+                    ..g
                 };
                 (f.spec.name.clone(), g)
             })
