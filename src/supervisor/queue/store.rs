@@ -575,6 +575,9 @@ fn key_of(function: &str, key: &str) -> String {
     format!("{function}\0{key}")
 }
 
+/// One batch's failed WriteSinks, as [`Committed::sink_failures`] reports them.
+type SinkFailures = Vec<(PathBuf, String)>;
+
 /// The writer thread's state.
 struct Writer {
     shared: Arc<Shared>,
@@ -629,8 +632,7 @@ impl Writer {
 
     /// Applies `group` in one transaction. Returns the outcome, the same for
     /// every batch, and each batch's sink failures.
-    #[allow(clippy::type_complexity)]
-    fn commit(&mut self, group: &[Batch]) -> (Result<(), String>, Vec<Vec<(PathBuf, String)>>) {
+    fn commit(&mut self, group: &[Batch]) -> (Result<(), String>, Vec<SinkFailures>) {
         let mut sinks = vec![Vec::new(); group.len()];
         if self.must_reopen {
             if let Err(e) = self.reopen() {
@@ -723,7 +725,7 @@ fn write_group(
     db: &Database,
     group: &[Batch],
     marker: u64,
-    sinks: &mut [Vec<(PathBuf, String)>],
+    sinks: &mut [SinkFailures],
 ) -> Result<(), String> {
     let mut txn = db
         .begin_write()
@@ -750,7 +752,7 @@ fn apply_group(
     txn: &WriteTransaction,
     group: &[Batch],
     marker: u64,
-    sinks: &mut [Vec<(PathBuf, String)>],
+    sinks: &mut [SinkFailures],
 ) -> Result<(), String> {
     let open = |e: redb::TableError| format!("cannot open a table: {e}");
     let mut tables = Tables {
@@ -770,11 +772,7 @@ fn apply_group(
     Ok(())
 }
 
-fn apply(
-    op: &Op,
-    t: &mut Tables<'_>,
-    sink_failures: &mut Vec<(PathBuf, String)>,
-) -> Result<(), String> {
+fn apply(op: &Op, t: &mut Tables<'_>, sink_failures: &mut SinkFailures) -> Result<(), String> {
     fn stored(seq: &u64) -> impl Fn(redb::StorageError) -> String + '_ {
         move |e| format!("cannot store event {seq}: {e}")
     }
