@@ -33,6 +33,8 @@ lambdalet is serving on $SOCKET. In another shell:
   $BIN --socket $SOCKET invoke hello --payload '{"name": "you"}'
   $BIN --socket $SOCKET logs hello
   $BIN --socket $SOCKET put-provisioned-concurrency-config hello --count 2
+  $BIN --socket $SOCKET invoke hello --invocation-type Event --payload '{"name": "later"}'
+  $BIN --socket $SOCKET queue hello
   $BIN --socket $SOCKET metrics
 
 Ctrl-C stops the supervisor.
