@@ -724,3 +724,59 @@ fn a_flood_for_one_function_does_not_starve_another() {
     );
     c.finish();
 }
+
+#[test]
+fn retry_counts_survive_a_restart() {
+    if !require_root() {
+        return;
+    }
+    // A slower clock than the other tests: the 1-minute retry delay is 6 s,
+    // time enough to kill the supervisor after the first attempt's failure
+    // is stored and before the retry.
+    let mut sup = Supervisor::start_with(&["--prewarm", "0", "--async-time-scale", "0.1"]);
+    deploy(&sup, "twice");
+    let dir = sink(&sup, "twice");
+    put_config(
+        &sup,
+        "twice",
+        json!({"MaximumRetryAttempts": 1,
+               "DestinationConfig": {"OnFailure": {"Destination": dir.to_str().unwrap()}}}),
+    );
+    let id = accepted_id(&send_events(&sup, "twice", &[json!({"fail": true})], json!({}))[0]);
+    let mut c = Checks::new("retries across a restart");
+    let first = wait_until("the first attempt", Duration::from_secs(30), || {
+        attempts(&sup, "twice", &id) == 1
+    });
+    c.check(first, "the first attempt ran");
+    let retrying = wait_until("the retry to be stored", Duration::from_secs(5), || {
+        queue(&sup, "twice")["Retrying"] == 1
+    });
+    c.check(retrying, "the event waits for its retry");
+    // The retry is stored in the same loop turn it is decided; give the
+    // writer its fsync.
+    std::thread::sleep(Duration::from_millis(300));
+    sup.kill9();
+    sup.restart();
+    let q = queue(&sup, "twice");
+    c.eq(
+        "still retrying after the restart",
+        q["Retrying"].clone(),
+        json!(1),
+    );
+    let got = wait_until("the failure record", Duration::from_secs(30), || {
+        !records(&dir).is_empty()
+    });
+    c.check(got, "the record arrived");
+    std::thread::sleep(Duration::from_millis(500));
+    c.eq("attempts in all", attempts(&sup, "twice", &id), 2);
+    let recs = records(&dir);
+    c.eq("one record", recs.len(), 1);
+    if let Some(r) = recs.values().next() {
+        c.eq(
+            "approximateInvokeCount",
+            r["requestContext"]["approximateInvokeCount"].clone(),
+            json!(2),
+        );
+    }
+    c.finish();
+}
