@@ -21,7 +21,7 @@ pub mod record;
 pub mod store;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::Duration;
 
 use store::EventMeta;
@@ -58,6 +58,8 @@ struct FunctionQueue {
     ready: VecDeque<u64>,
     in_flight: usize,
     retrying: usize,
+    /// (accepted, seq) of every unfinished event: the oldest is first.
+    by_age: BTreeSet<(u64, u64)>,
 }
 
 /// A function's queue in numbers.
@@ -114,6 +116,7 @@ impl Queue {
     pub fn insert(&mut self, meta: EventMeta, now_ms: u64) {
         let seq = meta.seq;
         let q = self.functions.entry(meta.function.clone()).or_default();
+        q.by_age.insert((meta.accepted_unix_ms, seq));
         let state = if meta.not_before_unix_ms > now_ms {
             q.retrying += 1;
             self.delayed.push(Reverse((meta.not_before_unix_ms, seq)));
@@ -275,7 +278,8 @@ impl Queue {
                 State::InFlight => q.in_flight -= 1,
                 State::Retrying => q.retrying -= 1,
             }
-            if q.ready.is_empty() && q.in_flight == 0 && q.retrying == 0 {
+            q.by_age.remove(&(e.meta.accepted_unix_ms, seq));
+            if q.by_age.is_empty() {
                 self.functions.remove(&e.meta.function);
             }
         }
@@ -284,16 +288,13 @@ impl Queue {
 
     /// Every unfinished event of `function` (it was deleted), removed.
     pub fn remove_function(&mut self, function: &str) -> Vec<u64> {
-        let seqs: Vec<u64> = self
-            .events
-            .iter()
-            .filter(|(_, e)| e.meta.function == function)
-            .map(|(&seq, _)| seq)
-            .collect();
-        for &seq in &seqs {
-            self.events.remove(&seq);
+        let Some(q) = self.functions.remove(function) else {
+            return Vec::new();
+        };
+        let seqs: Vec<u64> = q.by_age.into_iter().map(|(_, seq)| seq).collect();
+        for seq in &seqs {
+            self.events.remove(seq);
         }
-        self.functions.remove(function);
         seqs
     }
 
@@ -323,13 +324,7 @@ impl Queue {
         let Some(q) = self.functions.get(function) else {
             return Stats::default();
         };
-        let oldest = self
-            .events
-            .values()
-            .filter(|e| e.meta.function == function)
-            .map(|e| e.meta.accepted_unix_ms)
-            .min()
-            .unwrap_or(now_ms);
+        let oldest = q.by_age.first().map_or(now_ms, |&(at, _)| at);
         Stats {
             ready: q.ready.len() as u64,
             in_flight: q.in_flight as u64,
