@@ -319,9 +319,10 @@ impl Supervisor {
         self.arm_event_timer();
     }
 
-    /// The concurrency events of one function may use when `active`
-    /// functions have events: half the unreserved pool, shared evenly, so
-    /// that synchronous invokes and other functions' events keep room.
+    /// The concurrency the events of one function without a reservation may
+    /// use: half the unreserved pool, shared evenly among the functions with
+    /// events, so that synchronous invokes and other functions' events keep
+    /// room.
     fn event_share(&self) -> usize {
         let active = self.events.queue.active_functions().max(1) as u32;
         (self.account.unreserved_limit() / 2 / active).max(1) as usize
@@ -337,8 +338,10 @@ impl Supervisor {
         let config = f.event_invoke.clone().unwrap_or_default();
         let reserved = f.concurrency.reserved;
         let waiting = self.pools.get(function).map_or(0, |p| p.pending.len());
-        if waiting >= EVENT_LOOKAHEAD || self.events.queue.in_flight(function) >= self.event_share()
-        {
+        // A reservation is the function's own: its events may use all of it
+        // (admission holds them to it); the others share the unreserved pool.
+        let share = reserved.map_or_else(|| self.event_share(), |r| (r as usize).max(1));
+        if waiting >= EVENT_LOOKAHEAD || self.events.queue.in_flight(function) >= share {
             return false;
         }
         let Some(meta) = self.events.queue.pop_ready(function) else {
