@@ -26,11 +26,12 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # The benchmarks (root; docs/benchmarks.md): cold start, warm invokes, a
-# burst of 200 cold starts, the memory of 1000 idle environments; a few
-# minutes each. `bench-load` is the 60 s mixed load (10 functions × 50
-# clients), apart because it keeps both CPUs busy for over a minute.
+# burst of 200 cold starts, the memory of 1000 idle environments, durable
+# Event accepts and the drain of a queue (under a minute); a few minutes
+# each. `bench-load` is the 60 s mixed load (10 functions × 50 clients),
+# apart because it keeps both CPUs busy for over a minute.
 bench: build
-	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density
+	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density --bench events
 
 bench-load: build
 	$(CARGO) bench --bench load
