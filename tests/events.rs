@@ -780,3 +780,46 @@ fn retry_counts_survive_a_restart() {
     }
     c.finish();
 }
+
+#[test]
+fn lifting_a_throttle_runs_the_waiting_event_at_once() {
+    if !require_root() {
+        return;
+    }
+    // Backoffs on a quarter of Lambda's clock: 0.25 s doubling, so after
+    // 4 s of throttling the event's next try is 4 s away.
+    let sup = Supervisor::start_with(&["--prewarm", "0", "--async-time-scale", "0.25"]);
+    deploy(&sup, "held");
+    let dir = sink(&sup, "held");
+    put_config(
+        &sup,
+        "held",
+        json!({"DestinationConfig": {"OnSuccess": {"Destination": dir.to_str().unwrap()}}}),
+    );
+    sup.request(
+        "PutFunctionConcurrency",
+        json!({"FunctionName": "held", "ReservedConcurrentExecutions": 0}),
+    )
+    .unwrap();
+    // One event: every try is its own, so its backoff doubles each time.
+    accepted_id(&send_events(&sup, "held", &[json!({"n": 1})], json!({}))[0]);
+    std::thread::sleep(Duration::from_secs(4));
+    let mut c = Checks::new("throttle lifted");
+    c.eq("nothing ran while throttled", records(&dir).len(), 0);
+    let q = queue(&sup, "held");
+    c.eq("queued", q["Depth"].clone(), json!(1));
+    c.eq("none in flight", q["InFlight"].clone(), json!(0));
+    let lifted = Instant::now();
+    sup.request("DeleteFunctionConcurrency", json!({"FunctionName": "held"}))
+        .unwrap();
+    let got = wait_until("the record", Duration::from_secs(20), || {
+        records(&dir).len() == 1
+    });
+    c.check(got, "it ran");
+    // A cold start and an invoke, not the rest of a grown backoff.
+    c.check(
+        lifted.elapsed() < Duration::from_millis(2_500),
+        format!("it ran at once ({:?} after the lift)", lifted.elapsed()),
+    );
+    c.finish();
+}

@@ -314,6 +314,8 @@ impl Supervisor {
             keys,
             dirty: queued > 0,
             timer_at: None,
+            drop_backlog: Vec::new(),
+            dropping: false,
         };
         let mut sup = Supervisor {
             host_cpus: host::host_cpus(),

@@ -51,6 +51,9 @@ struct Entry {
     state: State,
     /// The next backoff after a throttle or supervisor-side error.
     backoff: Duration,
+    /// Retrying because of a backoff, not a retry delay: a change of the
+    /// limits may end it early ([`Queue::end_backoffs`]).
+    backing_off: bool,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +134,7 @@ impl Queue {
                 meta,
                 state,
                 backoff: BACKOFF_FIRST,
+                backing_off: false,
             },
         );
     }
@@ -159,6 +163,7 @@ impl Queue {
                 continue; // stale
             }
             e.state = State::Ready;
+            e.backing_off = false;
             let q = self
                 .functions
                 .get_mut(&e.meta.function)
@@ -218,8 +223,33 @@ impl Queue {
     pub fn retry_at(&mut self, seq: u64, attempts: u32, due_ms: u64) {
         if let Some(e) = self.events.get_mut(&seq) {
             e.meta.attempts = attempts;
+            e.backing_off = false;
             self.delay(seq, due_ms);
         }
+    }
+
+    /// The limits changed (a reservation was lifted or raised): every event
+    /// backing off after a throttle is ready again at once, its backoff
+    /// reset. Retry delays after function errors are kept. Returns how many.
+    pub fn end_backoffs(&mut self) -> usize {
+        let mut woken = 0;
+        for (&seq, e) in self.events.iter_mut() {
+            if e.state != State::Retrying || !e.backing_off {
+                continue;
+            }
+            e.state = State::Ready;
+            e.backing_off = false;
+            e.backoff = BACKOFF_FIRST;
+            let q = self
+                .functions
+                .get_mut(&e.meta.function)
+                .expect("an event's function has a queue");
+            q.retrying -= 1;
+            q.ready.push_back(seq);
+            woken += 1;
+        }
+        // Their heap entries are stale now: promote_due skips them.
+        woken
     }
 
     /// A ready or in-flight event was throttled or hit a supervisor-side
@@ -229,6 +259,7 @@ impl Queue {
         let e = self.events.get_mut(&seq)?;
         let wait = scaled_ms(scale, e.backoff);
         e.backoff = (e.backoff * 2).min(BACKOFF_MAX);
+        e.backing_off = true;
         let due = now_ms + wait;
         self.delay(seq, due);
         Some(due)
@@ -411,6 +442,28 @@ mod tests {
         }
         assert_eq!(&waits[..4], &[1_000, 2_000, 4_000, 8_000]);
         assert_eq!(*waits.last().unwrap(), 300_000);
+    }
+
+    #[test]
+    fn lifting_a_throttle_ends_backoffs_but_not_retry_delays() {
+        let mut q = Queue::new(1.0, 1);
+        q.insert(meta(1, "f", 0), 0);
+        q.insert(meta(2, "f", 0), 0);
+        q.pop_ready("f");
+        q.back_off(1, 0);
+        q.back_off(1, 0); // its backoff has grown
+        q.pop_ready("f");
+        q.retry_at(2, 1, 60_000);
+        assert_eq!(q.end_backoffs(), 1);
+        assert_eq!(q.state(1), Some(State::Ready));
+        assert_eq!(q.state(2), Some(State::Retrying));
+        // Its backoff starts again from the first step, and the stale
+        // heap entry does not move it.
+        q.pop_ready("f");
+        assert_eq!(q.back_off(1, 10), Some(1_010));
+        q.promote_due(2_500);
+        assert_eq!(q.state(1), Some(State::Ready));
+        assert_eq!(q.stats("f", 0).retrying, 1);
     }
 
     #[test]

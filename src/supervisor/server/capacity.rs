@@ -49,6 +49,7 @@ impl Supervisor {
         self.registry.set_concurrency(&name, concurrency)?;
         self.update_reserved_total();
         info!("{name}: reserved concurrency {requested}");
+        self.limits_changed();
         Ok(ok_json(&FunctionConcurrency {
             reserved_concurrent_executions: Some(requested),
         }))
@@ -69,6 +70,7 @@ impl Supervisor {
             self.registry.set_concurrency(&name, concurrency)?;
             self.update_reserved_total();
             info!("{name}: reserved concurrency removed");
+            self.limits_changed();
         }
         Ok(ok_json(&serde_json::json!({})))
     }

@@ -25,6 +25,8 @@ use crate::supervisor::queue::Queue;
 /// environments busy and to start new ones, few enough that a flood of
 /// events never sits in front of other work.
 const EVENT_LOOKAHEAD: usize = 2;
+/// Deletes per batch when a function's queue is dropped.
+const DROP_BATCH: usize = 1_000;
 
 /// What to do once a batch is committed.
 pub(super) enum AfterCommit {
@@ -37,6 +39,8 @@ pub(super) enum AfterCommit {
     },
     /// A record sent on to a destination function: queue it there.
     Forwarded { meta: EventMeta, from: String },
+    /// A batch of a deleted function's events removed: send the next one.
+    Dropped,
     /// A record written to a sink, or a retry or delete: only failures
     /// matter.
     Finished { function: String },
@@ -80,6 +84,10 @@ pub(super) struct Events {
     pub dirty: bool,
     /// When the queue's timer is set to fire next (Unix ms).
     pub timer_at: Option<u64>,
+    /// Events of deleted functions still to be removed from the store, and
+    /// whether a batch of them is with the writer.
+    pub drop_backlog: Vec<u64>,
+    pub dropping: bool,
 }
 
 impl Events {
@@ -221,6 +229,7 @@ impl Supervisor {
                 AfterCommit::Accepted { meta, .. } => meta.function.clone(),
                 AfterCommit::Forwarded { from, .. } => from.clone(),
                 AfterCommit::Finished { function } => function.clone(),
+                AfterCommit::Dropped => String::new(),
             };
             for (dir, e) in done.sink_failures {
                 info!(
@@ -247,6 +256,13 @@ impl Supervisor {
                         self.metrics.destination_failed(&from);
                     }
                 },
+                AfterCommit::Dropped => {
+                    if let Err(e) = done.result {
+                        info!("cannot remove the events of a deleted function: {e}");
+                    }
+                    self.events.dropping = false;
+                    self.pump_drops();
+                }
                 AfterCommit::Finished { function } => {
                     if let Err(e) = done.result {
                         // The event stays stored: it runs again after a
@@ -415,6 +431,14 @@ impl Supervisor {
         self.events.timer_at = Some(due);
         let wait = Duration::from_millis(due.saturating_sub(now_ms()));
         self.add_timer(wait, Timer::Events);
+    }
+
+    /// A function's reservation changed: throttled events try again now
+    /// instead of waiting out backoffs that may have grown to minutes.
+    pub(super) fn limits_changed(&mut self) {
+        if self.events.queue.end_backoffs() > 0 {
+            self.events.dirty = true;
+        }
     }
 
     pub(super) fn event_timer(&mut self) {
@@ -618,17 +642,37 @@ impl Supervisor {
             "dropped {} queued event(s) of deleted function {function}",
             seqs.len()
         );
-        let mut ops: Vec<Op> = seqs.into_iter().map(|seq| Op::Delete { seq }).collect();
-        ops.push(Op::ForgetFunction {
-            function: function.to_owned(),
-        });
+        // Deleted DROP_BATCH at a time, one batch in the writer's channel at
+        // once, so that other functions' accepts are not queued behind a
+        // transaction deleting 100,000 events. Events not deleted yet when
+        // the supervisor stops are dropped again after the restart: their
+        // function is gone.
+        self.events.drop_backlog.extend(seqs);
+        self.pump_drops();
         self.events.keys.retain(|(f, _), _| f != function);
         self.events.submit(
-            ops,
+            vec![Op::ForgetFunction {
+                function: function.to_owned(),
+            }],
             AfterCommit::Finished {
                 function: function.to_owned(),
             },
         );
+    }
+
+    fn pump_drops(&mut self) {
+        if self.events.dropping || self.events.drop_backlog.is_empty() {
+            return;
+        }
+        let from = self.events.drop_backlog.len().saturating_sub(DROP_BATCH);
+        let ops = self
+            .events
+            .drop_backlog
+            .drain(from..)
+            .map(|seq| Op::Delete { seq })
+            .collect();
+        self.events.dropping = true;
+        self.events.submit(ops, AfterCommit::Dropped);
     }
 
     /// Events past their maximum age go to OnFailure; expired idempotency
