@@ -823,3 +823,61 @@ fn lifting_a_throttle_runs_the_waiting_event_at_once() {
     );
     c.finish();
 }
+
+#[test]
+fn deleting_a_function_drops_its_queued_events_for_good() {
+    if !require_root() {
+        return;
+    }
+    let mut sup = start();
+    deploy(&sup, "doomed");
+    sup.request(
+        "PutFunctionConcurrency",
+        json!({"FunctionName": "doomed", "ReservedConcurrentExecutions": 0}),
+    )
+    .unwrap();
+    let events: Vec<Value> = (0..2_500).map(|n| json!({"n": n})).collect();
+    for a in send_events(&sup, "doomed", &events, json!({})) {
+        accepted_id(&a);
+    }
+    let mut c = Checks::new("dropped on delete");
+    c.eq(
+        "queued",
+        queue(&sup, "doomed")["Depth"].clone(),
+        json!(2_500),
+    );
+    sup.request("DeleteFunction", json!({"FunctionName": "doomed"}))
+        .unwrap();
+    // Another function's accept is not held behind the removal.
+    deploy(&sup, "other");
+    let started = Instant::now();
+    accepted_id(&send_events(&sup, "other", &[json!({})], json!({}))[0]);
+    c.check(
+        started.elapsed() < Duration::from_secs(1),
+        format!("an accept during the removal took {:?}", started.elapsed()),
+    );
+    // A new function of the same name starts with an empty queue, also
+    // after a restart (nothing of the old one comes back from the store).
+    deploy(&sup, "doomed");
+    c.eq(
+        "new queue",
+        queue(&sup, "doomed")["Depth"].clone(),
+        json!(0),
+    );
+    // Killed at once: the removal may not be finished, but the deletion's
+    // tombstone is stored, so the new function does not inherit the old
+    // one's events.
+    sup.kill9();
+    sup.restart();
+    c.eq(
+        "after a restart",
+        queue(&sup, "doomed")["Depth"].clone(),
+        json!(0),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    c.check(
+        !sup.logs("doomed").iter().any(|l| l.starts_with("START")),
+        "no old event ran in the new function",
+    );
+    c.finish();
+}

@@ -314,8 +314,9 @@ impl Supervisor {
             keys,
             dirty: queued > 0,
             timer_at: None,
-            drop_backlog: Vec::new(),
+            drop_backlog: loaded.dead,
             dropping: false,
+            tombstones: loaded.tombstones,
         };
         let mut sup = Supervisor {
             host_cpus: host::host_cpus(),
@@ -362,6 +363,7 @@ impl Supervisor {
         sup.poll
             .registry()
             .register(&mut SourceFd(&sfd), SIGNALS, Interest::READABLE)?;
+        sup.recover_events();
         sup.start_zygote()?;
         sup.refill_blanks();
         sup.provision_all();

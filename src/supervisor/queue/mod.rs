@@ -115,6 +115,11 @@ impl Queue {
         seq
     }
 
+    /// The last sequence number handed out (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
     /// A stored event: ready, or retrying until its `not_before`.
     pub fn insert(&mut self, meta: EventMeta, now_ms: u64) {
         let seq = meta.seq;

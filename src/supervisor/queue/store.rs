@@ -87,6 +87,10 @@ const EVENT_META: TableDefinition<u64, &[u8]> = TableDefinition::new("event_meta
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 /// [`LAST_COMMIT`] → the number of the last transaction that committed.
 const COMMITS: TableDefinition<&str, u64> = TableDefinition::new("commits");
+/// function → seq: every event of the function up to that seq belongs to a
+/// deleted incarnation of it and must never run, even if a function of the
+/// same name is created before all of them are removed.
+const TOMBSTONES: TableDefinition<&str, u64> = TableDefinition::new("tombstones");
 /// Written by every transaction, so that after a commit that reported an
 /// error the writer can tell whether it reached the disk all the same.
 const LAST_COMMIT: &str = "last";
@@ -165,6 +169,13 @@ pub enum Op {
     PruneKeys { now_unix_ms: u64 },
     /// Forget every key of a deleted function.
     ForgetFunction { function: String },
+    /// The function was deleted: its events up to `up_to_seq` are dead
+    /// (they are removed by Delete ops afterwards; until then `open`
+    /// reports them in [`Loaded::dead`] instead of [`Loaded::events`]).
+    Tombstone { function: String, up_to_seq: u64 },
+    /// Every dead event of the function is removed: forget its tombstone
+    /// (if it is still this one).
+    ClearTombstone { function: String, up_to_seq: u64 },
     /// Write one invocation record into a sink directory BEFORE this batch's
     /// transaction commits: write `<dir>/.<file_name>.tmp`, fsync it, rename
     /// it to `<dir>/<file_name>`, fsync the dir. Mode 0600.
@@ -209,8 +220,12 @@ pub struct Loaded {
     pub events: Vec<EventMeta>,
     /// Every stored idempotency key, expired or not.
     pub keys: Vec<KeyRecord>,
-    /// The seq for the next event: the largest stored seq + 1, or 1.
+    /// The seq for the next event: past every stored seq and tombstone.
     pub next_seq: u64,
+    /// Events of deleted functions, still to be removed (ascending seq).
+    pub dead: Vec<u64>,
+    /// The tombstones: (function, up to seq).
+    pub tombstones: Vec<(String, u64)>,
 }
 
 /// Why the store could not be opened or read. Write failures are not
@@ -495,6 +510,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         txn.open_table(EVENT_META)?;
         txn.open_table(KEYS)?;
         txn.open_table(COMMITS)?;
+        txn.open_table(TOMBSTONES)?;
         txn.commit()?;
         Ok(())
     };
@@ -518,13 +534,30 @@ fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
     };
     let txn = db.begin_read().map_err(|e| read_err(e.into()))?;
 
+    let table = txn.open_table(TOMBSTONES).map_err(|e| read_err(e.into()))?;
+    let mut tombstones = Vec::new();
+    for entry in table.iter().map_err(|e| read_err(e.into()))? {
+        let (function, up_to) = entry.map_err(|e| read_err(e.into()))?;
+        tombstones.push((function.value().to_owned(), up_to.value()));
+    }
+    let dead_up_to: std::collections::HashMap<&str, u64> =
+        tombstones.iter().map(|(f, s)| (f.as_str(), *s)).collect();
+
     let table = txn.open_table(EVENT_META).map_err(|e| read_err(e.into()))?;
     let mut events = Vec::new();
+    let mut dead = Vec::new();
     for entry in table.iter().map_err(|e| read_err(e.into()))? {
         let (seq, value) = entry.map_err(|e| read_err(e.into()))?;
         let seq = seq.value();
         let m: MetaValue = serde_json::from_slice(value.value())
             .map_err(|e| decode_err(format!("event {seq}"), e))?;
+        if dead_up_to
+            .get(m.function.as_str())
+            .is_some_and(|&up_to| seq <= up_to)
+        {
+            dead.push(seq);
+            continue;
+        }
         events.push(EventMeta {
             seq,
             function: m.function,
@@ -534,7 +567,13 @@ fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
             not_before_unix_ms: m.not_before_unix_ms,
         });
     }
-    let next_seq = events.last().map_or(1, |e| e.seq + 1);
+    let next_seq = events
+        .iter()
+        .map(|e| e.seq)
+        .chain(dead.iter().copied())
+        .chain(tombstones.iter().map(|(_, s)| *s))
+        .max()
+        .map_or(1, |s| s + 1);
 
     let table = txn.open_table(KEYS).map_err(|e| read_err(e.into()))?;
     let mut keys = Vec::new();
@@ -559,6 +598,8 @@ fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
         events,
         keys,
         next_seq,
+        dead,
+        tombstones,
     })
 }
 
@@ -746,6 +787,7 @@ struct Tables<'t> {
     events: Table<'t, u64, &'static [u8]>,
     metas: Table<'t, u64, &'static [u8]>,
     keys: Table<'t, &'static str, &'static [u8]>,
+    tombstones: Table<'t, &'static str, u64>,
 }
 
 fn apply_group(
@@ -759,6 +801,7 @@ fn apply_group(
         events: txn.open_table(EVENTS).map_err(open)?,
         metas: txn.open_table(EVENT_META).map_err(open)?,
         keys: txn.open_table(KEYS).map_err(open)?,
+        tombstones: txn.open_table(TOMBSTONES).map_err(open)?,
     };
     for (batch, sinks) in group.iter().zip(sinks.iter_mut()) {
         for op in &batch.ops {
@@ -839,6 +882,33 @@ fn apply(op: &Op, t: &mut Tables<'_>, sink_failures: &mut SinkFailures) -> Resul
             t.keys
                 .retain_in(from.as_str()..to.as_str(), |_, _| false)
                 .map_err(|e| format!("cannot forget the keys of {function}: {e}"))?;
+        }
+        Op::Tombstone {
+            function,
+            up_to_seq,
+        } => {
+            let err = |e: redb::StorageError| format!("cannot mark {function} deleted: {e}");
+            let current = t
+                .tombstones
+                .get(function.as_str())
+                .map_err(err)?
+                .map(|v| v.value());
+            let up_to = current.map_or(*up_to_seq, |c| c.max(*up_to_seq));
+            t.tombstones.insert(function.as_str(), up_to).map_err(err)?;
+        }
+        Op::ClearTombstone {
+            function,
+            up_to_seq,
+        } => {
+            let err = |e: redb::StorageError| format!("cannot clear the mark of {function}: {e}");
+            let current = t
+                .tombstones
+                .get(function.as_str())
+                .map_err(err)?
+                .map(|v| v.value());
+            if current == Some(*up_to_seq) {
+                t.tombstones.remove(function.as_str()).map_err(err)?;
+            }
         }
         Op::WriteSink {
             dir,
@@ -978,6 +1048,55 @@ mod tests {
             seq,
             event: event(function, seq, payload),
         }
+    }
+
+    #[test]
+    fn a_tombstone_keeps_a_deleted_functions_events_dead_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut h, _) = Harness::open(dir.path());
+        let c = h.run(vec![
+            put(1, "f", "1"),
+            put(2, "g", "2"),
+            put(3, "f", "3"),
+            Op::Tombstone {
+                function: "f".into(),
+                up_to_seq: 5,
+            },
+        ]);
+        assert_eq!(c.result, Ok(()));
+        // A new "f" after the deletion.
+        assert_eq!(h.run(vec![put(6, "f", "6")]).result, Ok(()));
+        drop(h);
+        let (mut h, loaded) = Harness::open(dir.path());
+        let seqs: Vec<u64> = loaded.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![2, 6]);
+        assert_eq!(loaded.dead, vec![1, 3]);
+        assert_eq!(loaded.tombstones, vec![("f".to_string(), 5)]);
+        assert_eq!(loaded.next_seq, 7);
+        // Removed, then the tombstone cleared (a stale clear is ignored).
+        let c = h.run(vec![
+            Op::Delete { seq: 1 },
+            Op::Delete { seq: 3 },
+            Op::ClearTombstone {
+                function: "f".into(),
+                up_to_seq: 4,
+            },
+        ]);
+        assert_eq!(c.result, Ok(()));
+        drop(h);
+        let (mut h, loaded) = Harness::open(dir.path());
+        assert_eq!(loaded.tombstones.len(), 1, "a stale clear leaves it");
+        assert!(loaded.dead.is_empty());
+        let c = h.run(vec![Op::ClearTombstone {
+            function: "f".into(),
+            up_to_seq: 5,
+        }]);
+        assert_eq!(c.result, Ok(()));
+        drop(h);
+        let (_h, loaded) = Harness::open(dir.path());
+        assert!(loaded.tombstones.is_empty());
+        assert_eq!(loaded.events.len(), 2);
+        assert_eq!(loaded.next_seq, 7);
     }
 
     fn key(function: &str, key: &str, expires_unix_ms: u64) -> KeyRecord {

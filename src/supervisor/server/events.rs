@@ -88,6 +88,8 @@ pub(super) struct Events {
     /// whether a batch of them is with the writer.
     pub drop_backlog: Vec<u64>,
     pub dropping: bool,
+    /// Tombstones to clear once the backlog is removed.
+    pub tombstones: Vec<(String, u64)>,
 }
 
 impl Events {
@@ -647,6 +649,22 @@ impl Supervisor {
         // transaction deleting 100,000 events. Events not deleted yet when
         // the supervisor stops are dropped again after the restart: their
         // function is gone.
+        // The tombstone goes first, in its own batch: from its commit on, a
+        // restart never runs these events, even if a function of the same
+        // name exists by then.
+        let up_to_seq = self.events.queue.last_seq();
+        self.events.submit(
+            vec![Op::Tombstone {
+                function: function.to_owned(),
+                up_to_seq,
+            }],
+            AfterCommit::Finished {
+                function: function.to_owned(),
+            },
+        );
+        self.events
+            .tombstones
+            .push((function.to_owned(), up_to_seq));
         self.events.drop_backlog.extend(seqs);
         self.pump_drops();
         self.events.keys.retain(|(f, _), _| f != function);
@@ -660,8 +678,28 @@ impl Supervisor {
         );
     }
 
-    fn pump_drops(&mut self) {
-        if self.events.dropping || self.events.drop_backlog.is_empty() {
+    pub(super) fn pump_drops(&mut self) {
+        if self.events.dropping {
+            return;
+        }
+        if self.events.drop_backlog.is_empty() {
+            let ops: Vec<Op> = self
+                .events
+                .tombstones
+                .drain(..)
+                .map(|(function, up_to_seq)| Op::ClearTombstone {
+                    function,
+                    up_to_seq,
+                })
+                .collect();
+            if !ops.is_empty() {
+                self.events.submit(
+                    ops,
+                    AfterCommit::Finished {
+                        function: String::new(),
+                    },
+                );
+            }
             return;
         }
         let from = self.events.drop_backlog.len().saturating_sub(DROP_BATCH);
@@ -673,6 +711,22 @@ impl Supervisor {
             .collect();
         self.events.dropping = true;
         self.events.submit(ops, AfterCommit::Dropped);
+    }
+
+    /// At start: remove what deleted functions left in the store, and drop
+    /// the events of functions deleted while the supervisor was down.
+    pub(super) fn recover_events(&mut self) {
+        let gone: Vec<String> = self
+            .events
+            .queue
+            .functions()
+            .filter(|f| self.registry.get(f).is_none())
+            .map(str::to_owned)
+            .collect();
+        for f in gone {
+            self.drop_function_events(&f);
+        }
+        self.pump_drops();
     }
 
     /// Events past their maximum age go to OnFailure; expired idempotency
@@ -715,17 +769,6 @@ impl Supervisor {
                     function: String::new(),
                 },
             );
-        }
-        // Functions deleted while the supervisor was down.
-        let gone: Vec<String> = self
-            .events
-            .queue
-            .functions()
-            .filter(|f| !ages.contains_key(*f))
-            .map(str::to_owned)
-            .collect();
-        for f in gone {
-            self.drop_function_events(&f);
         }
     }
 
