@@ -801,6 +801,26 @@ impl Supervisor {
             op::GET_FUNCTION_EVENT_INVOKE_CONFIG => self.op_get_event_invoke_config(params),
             op::DELETE_FUNCTION_EVENT_INVOKE_CONFIG => self.op_delete_event_invoke_config(params),
             op::GET_EVENT_QUEUE => self.op_get_event_queue(params),
+            op::PUBLISH_LAYER_VERSION => self.op_publish_layer_version(t, params),
+            op::LIST_LAYERS => {
+                parse::<protocol::NoParams>(params).map(|_| ok_json(&self.registry.list_layers()))
+            }
+            op::LIST_LAYER_VERSIONS => parse::<protocol::LayerName>(params)
+                .and_then(|p| Ok(ok_json(&self.registry.list_layer_versions(&p.layer_name)?))),
+            op::GET_LAYER_VERSION => parse::<protocol::LayerVersionNumber>(params).and_then(|p| {
+                Ok(ok_json(
+                    &self
+                        .registry
+                        .get_layer_version(&p.layer_name, p.version_number)?,
+                ))
+            }),
+            op::DELETE_LAYER_VERSION => {
+                parse::<protocol::LayerVersionNumber>(params).and_then(|p| {
+                    self.registry
+                        .delete_layer_version(&p.layer_name, p.version_number)?;
+                    Ok("{}".to_owned())
+                })
+            }
             op::GET_LOGS => parse::<protocol::GetLogs>(params).and_then(|p| {
                 let name = match self.registry.get(&p.function_name) {
                     Some(f) => f.spec.name.clone(),
@@ -832,6 +852,14 @@ impl Supervisor {
             )));
         }
         Ok(())
+    }
+
+    fn op_publish_layer_version(&mut self, t: Token, params: &str) -> Result<String, WireError> {
+        let req: protocol::PublishLayerVersion = parse(params)?;
+        self.check_code_path(t, &req.content)?;
+        let layer = self.registry.publish_layer_version(&req)?;
+        info!("published layer version {}", layer.layer_version_arn);
+        Ok(ok_json(&layer))
     }
 
     fn op_create(&mut self, t: Token, params: &str) -> Result<String, WireError> {
@@ -1233,6 +1261,7 @@ impl Supervisor {
             let template = SpecTemplate::new(&SpecInputs {
                 functions_dir: self.registry.functions_dir(),
                 code_dir: &f.code_dir,
+                opt_dir: f.opt_dir.as_deref(),
                 uid: f.uid,
                 gid: f.uid,
                 tmp_mb: spec.ephemeral_mb,
