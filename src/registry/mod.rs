@@ -222,7 +222,7 @@ pub enum RegistryError {
     #[error("Function already exist: {name}")]
     AlreadyExists { name: String },
     #[error("{0}")]
-    CodeSource(&'static str),
+    CodeSource(String),
     #[error("{source}")]
     Package { source: PackageError },
     #[error(
@@ -385,7 +385,7 @@ impl Registry {
             return Err(RegistryError::AlreadyExists { name });
         }
         let layers = self.resolve_layers(req.layers.as_deref().unwrap_or(&[]))?;
-        let source = self.code_source(&req.code)?;
+        let source = self.code_source(&req.code, "Code")?;
         let dir = self.functions_dir.join(&name);
         let tombstone = read_tombstone(&dir.join(TOMBSTONE_FILE));
         let uid = match tombstone {
@@ -443,7 +443,7 @@ impl Registry {
     /// until [`Registry::prune_code`] removes it.
     pub fn update_code(&mut self, req: &UpdateFunctionCode) -> Result<&Function, RegistryError> {
         let name = self.existing(&req.function_name)?;
-        let source = self.code_source(&req.code)?;
+        let source = self.code_source(&req.code, "Code")?;
         let dir = self.functions_dir.join(&name);
         let (code_revision, code_dir, installed) = self.install_code(&dir, &source)?;
         let mut next = self.functions[&name].clone();
@@ -528,7 +528,7 @@ impl Registry {
         &mut self,
         req: &PublishLayerVersion,
     ) -> Result<LayerVersion, RegistryError> {
-        let source = self.code_source(&req.content)?;
+        let source = self.code_source(&req.content, "Content")?;
         self.layers.publish(req, &source, &self.limits)
     }
 
@@ -748,19 +748,20 @@ impl Registry {
         }
     }
 
-    /// `Code`: exactly one of ZipFile or Path.
-    fn code_source(&self, code: &FunctionCode) -> Result<Source, RegistryError> {
+    /// `Code` (or a layer's `Content`, named by `field`): exactly one of
+    /// ZipFile or Path.
+    fn code_source(&self, code: &FunctionCode, field: &str) -> Result<Source, RegistryError> {
         match (&code.zip_file, &code.path) {
             (Some(zip), None) => Ok(Source::from_base64(zip, &self.limits)?),
             (None, Some(path)) => Ok(Source::from_path(Path::new(path))?),
-            (Some(_), Some(_)) => Err(RegistryError::CodeSource(
-                "Code has both ZipFile and Path: send exactly one (ZipFile: a base64 .zip; \
-                 Path: the absolute path of a directory or .zip file on the host)",
-            )),
-            (None, None) => Err(RegistryError::CodeSource(
-                "Code is missing: send ZipFile (a base64 .zip) or Path (the absolute path of \
-                 a directory or .zip file on the host)",
-            )),
+            (Some(_), Some(_)) => Err(RegistryError::CodeSource(format!(
+                "{field} has both ZipFile and Path: send exactly one (ZipFile: a base64 .zip; \
+                 Path: the absolute path of a directory or .zip file on the host)"
+            ))),
+            (None, None) => Err(RegistryError::CodeSource(format!(
+                "{field} is missing: send ZipFile (a base64 .zip) or Path (the absolute path of \
+                 a directory or .zip file on the host)"
+            ))),
         }
     }
 

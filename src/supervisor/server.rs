@@ -844,11 +844,17 @@ impl Supervisor {
         self.reply(t, &id, result);
     }
 
-    fn check_code_path(&self, t: Token, code: &protocol::FunctionCode) -> Result<(), WireError> {
+    /// `field`: `Code` of a function, `Content` of a layer.
+    fn check_code_path(
+        &self,
+        t: Token,
+        code: &protocol::FunctionCode,
+        field: &str,
+    ) -> Result<(), WireError> {
         let uid = self.conns.get(&t).map_or(u32::MAX, |c| c.peer_uid);
         if code.path.is_some() && uid != 0 {
             return Err(WireError::invalid(format!(
-                "Code.Path names a file on the supervisor's host and is accepted from root clients only (this client is uid {uid}); send the package as Code.ZipFile"
+                "{field}.Path names a file on the supervisor's host and is accepted from root clients only (this client is uid {uid}); send the package as {field}.ZipFile"
             )));
         }
         Ok(())
@@ -856,7 +862,7 @@ impl Supervisor {
 
     fn op_publish_layer_version(&mut self, t: Token, params: &str) -> Result<String, WireError> {
         let req: protocol::PublishLayerVersion = parse(params)?;
-        self.check_code_path(t, &req.content)?;
+        self.check_code_path(t, &req.content, "Content")?;
         let layer = self.registry.publish_layer_version(&req)?;
         info!("published layer version {}", layer.layer_version_arn);
         Ok(ok_json(&layer))
@@ -864,7 +870,7 @@ impl Supervisor {
 
     fn op_create(&mut self, t: Token, params: &str) -> Result<String, WireError> {
         let req: protocol::CreateFunction = parse(params)?;
-        self.check_code_path(t, &req.code)?;
+        self.check_code_path(t, &req.code, "Code")?;
         let f = self.registry.create(&req)?;
         info!("created function {}", f.spec.name);
         Ok(ok_json(&f.configuration()))
@@ -872,7 +878,7 @@ impl Supervisor {
 
     fn op_update_code(&mut self, t: Token, params: &str) -> Result<String, WireError> {
         let req: protocol::UpdateFunctionCode = parse(params)?;
-        self.check_code_path(t, &req.code)?;
+        self.check_code_path(t, &req.code, "Code")?;
         let f = self.registry.update_code(&req)?;
         let (name, conf) = (f.spec.name.clone(), f.configuration());
         self.retire_function_envs(&name);
