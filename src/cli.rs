@@ -148,9 +148,9 @@ pub enum Command {
     /// directory; functions name it with --layers and see it under /opt.
     PublishLayerVersion(PublishLayerVersionArgs),
     /// List every layer with its latest version.
-    ListLayers,
+    ListLayers(ListLayersArgs),
     /// List a layer's versions, newest first.
-    ListLayerVersions(LayerNameArg),
+    ListLayerVersions(ListLayerVersionsArgs),
     /// Show one version of a layer.
     GetLayerVersion(LayerVersionArgs),
     /// Delete a version of a layer; functions that use it keep it.
@@ -184,9 +184,19 @@ pub struct LayerContent {
 }
 
 #[derive(Debug, Args)]
-pub struct LayerNameArg {
+pub struct ListLayersArgs {
+    /// Only layers with a version for this runtime (their latest such version).
+    #[arg(long, value_name = "RUNTIME")]
+    pub compatible_runtime: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListLayerVersionsArgs {
     /// The layer's name (or its ARN).
     pub name: String,
+    /// Only the versions for this runtime.
+    #[arg(long, value_name = "RUNTIME")]
+    pub compatible_runtime: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -688,8 +698,13 @@ fn action(cli: Cli) -> Result<Action, CliError> {
                 Output::Json,
             )
         }
-        Command::ListLayers => (
-            Request::new(op::LIST_LAYERS, &protocol::NoParams {}),
+        Command::ListLayers(args) => (
+            Request::new(
+                op::LIST_LAYERS,
+                &protocol::ListLayers {
+                    compatible_runtime: args.compatible_runtime,
+                },
+            ),
             Output::Json,
         ),
         Command::ListLayerVersions(args) => (
@@ -697,6 +712,7 @@ fn action(cli: Cli) -> Result<Action, CliError> {
                 op::LIST_LAYER_VERSIONS,
                 &protocol::LayerName {
                     layer_name: args.name,
+                    compatible_runtime: args.compatible_runtime,
                 },
             ),
             Output::Json,

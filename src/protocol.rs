@@ -549,6 +549,19 @@ pub struct PublishLayerVersion {
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 pub struct LayerName {
     pub layer_name: String,
+    /// Only the versions that list this runtime in CompatibleRuntimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatible_runtime: Option<String>,
+}
+
+/// ListLayers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ListLayers {
+    /// Only layers with a version that lists this runtime; their
+    /// LatestMatchingVersion is the latest such version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatible_runtime: Option<String>,
 }
 
 /// GetLayerVersion and DeleteLayerVersion.

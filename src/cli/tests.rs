@@ -1059,6 +1059,19 @@ fn layer_commands_map_to_their_ops() {
         json!({"op": "ListLayerVersions", "params": {"LayerName": "tools"}})
     );
     assert_eq!(
+        request(&["list-layers", "--compatible-runtime", "python3"]),
+        json!({"op": "ListLayers", "params": {"CompatibleRuntime": "python3"}})
+    );
+    assert_eq!(
+        request(&[
+            "list-layer-versions",
+            "tools",
+            "--compatible-runtime",
+            "python3"
+        ]),
+        json!({"op": "ListLayerVersions", "params": {"LayerName": "tools", "CompatibleRuntime": "python3"}})
+    );
+    assert_eq!(
         request(&["get-layer-version", "tools", "2"]),
         json!({"op": "GetLayerVersion", "params": {"LayerName": "tools", "VersionNumber": 2}})
     );

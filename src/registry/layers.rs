@@ -59,6 +59,13 @@ pub struct VersionRecord {
     pub compatible_runtimes: Vec<String>,
 }
 
+impl VersionRecord {
+    /// Whether a CompatibleRuntime filter lets this version through.
+    fn matches(&self, runtime: Option<&str>) -> bool {
+        runtime.is_none_or(|r| self.compatible_runtimes.iter().any(|c| c == r))
+    }
+}
+
 /// A version a function may use: where its content is and what it measures.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -202,13 +209,18 @@ impl LayerStore {
         Ok(shown)
     }
 
-    /// ListLayers: every layer with a live version, by name, with its latest.
-    pub fn list(&self) -> LayerList {
+    /// ListLayers: every layer with a live version (compatible with
+    /// `runtime`, when given), by name, with its latest such version.
+    pub fn list(&self, runtime: Option<&str>) -> LayerList {
         let layers = self
             .layers
             .iter()
             .filter_map(|(name, record)| {
-                let (version, latest) = record.versions.last_key_value()?;
+                let (version, latest) = record
+                    .versions
+                    .iter()
+                    .rev()
+                    .find(|(_, r)| r.matches(runtime))?;
                 Some(LayerSummary {
                     layer_name: name.clone(),
                     layer_arn: config::layer_arn(name),
@@ -221,7 +233,11 @@ impl LayerStore {
 
     /// ListLayerVersions, newest first. An unknown layer has no versions (as
     /// on Lambda, which answers with an empty list).
-    pub fn versions(&self, layer_name: &str) -> Result<LayerVersionList, RegistryError> {
+    pub fn versions(
+        &self,
+        layer_name: &str,
+        runtime: Option<&str>,
+    ) -> Result<LayerVersionList, RegistryError> {
         let name = config::layer_name(layer_name)?;
         let layer_versions = self
             .layers
@@ -231,6 +247,7 @@ impl LayerStore {
                     .versions
                     .iter()
                     .rev()
+                    .filter(|(_, r)| r.matches(runtime))
                     .map(|(v, r)| list_item(name, *v, r))
                     .collect()
             })

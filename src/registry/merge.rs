@@ -100,10 +100,12 @@ fn merge_one(source: &Path, dest: &Path) -> io::Result<()> {
 }
 
 /// A hard link; a copy when the two are on different filesystems (a state
-/// dir whose parts are separate mounts).
+/// dir whose parts are separate mounts) or the file has as many links as its
+/// filesystem allows (EMLINK: 65,000 on ext4, reachable when many function
+/// revisions use one layer).
 fn link_or_copy(from: &Path, to: &Path, mode: u32) -> io::Result<()> {
     match fs::hard_link(from, to) {
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EMLINK)) => {
             fs::copy(from, to)?;
             fs::set_permissions(to, fs::Permissions::from_mode(mode & 0o755))
         }

@@ -532,14 +532,18 @@ impl Registry {
         self.layers.publish(req, &source, &self.limits)
     }
 
-    /// ListLayers.
-    pub fn list_layers(&self) -> LayerList {
-        self.layers.list()
+    /// ListLayers, optionally of the layers compatible with `runtime`.
+    pub fn list_layers(&self, runtime: Option<&str>) -> LayerList {
+        self.layers.list(runtime)
     }
 
-    /// ListLayerVersions.
-    pub fn list_layer_versions(&self, name: &str) -> Result<LayerVersionList, RegistryError> {
-        self.layers.versions(name)
+    /// ListLayerVersions, optionally of the versions compatible with `runtime`.
+    pub fn list_layer_versions(
+        &self,
+        name: &str,
+        runtime: Option<&str>,
+    ) -> Result<LayerVersionList, RegistryError> {
+        self.layers.versions(name, runtime)
     }
 
     /// GetLayerVersion.

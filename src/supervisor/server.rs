@@ -802,11 +802,14 @@ impl Supervisor {
             op::DELETE_FUNCTION_EVENT_INVOKE_CONFIG => self.op_delete_event_invoke_config(params),
             op::GET_EVENT_QUEUE => self.op_get_event_queue(params),
             op::PUBLISH_LAYER_VERSION => self.op_publish_layer_version(t, params),
-            op::LIST_LAYERS => {
-                parse::<protocol::NoParams>(params).map(|_| ok_json(&self.registry.list_layers()))
-            }
-            op::LIST_LAYER_VERSIONS => parse::<protocol::LayerName>(params)
-                .and_then(|p| Ok(ok_json(&self.registry.list_layer_versions(&p.layer_name)?))),
+            op::LIST_LAYERS => parse::<protocol::ListLayers>(params)
+                .map(|p| ok_json(&self.registry.list_layers(p.compatible_runtime.as_deref()))),
+            op::LIST_LAYER_VERSIONS => parse::<protocol::LayerName>(params).and_then(|p| {
+                let runtime = p.compatible_runtime.as_deref();
+                Ok(ok_json(
+                    &self.registry.list_layer_versions(&p.layer_name, runtime)?,
+                ))
+            }),
             op::GET_LAYER_VERSION => parse::<protocol::LayerVersionNumber>(params).and_then(|p| {
                 Ok(ok_json(
                     &self

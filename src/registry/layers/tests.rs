@@ -93,14 +93,36 @@ fn versions_number_from_one_and_are_never_reused() {
     assert_eq!(v2.version, 2);
     assert_eq!(reg.get_layer_version("lib", 1).unwrap(), v1);
 
-    let listed = reg.list_layers();
+    let listed = reg.list_layers(None);
     assert_eq!(listed.layers.len(), 1);
     assert_eq!(listed.layers[0].latest_matching_version.version, 2);
-    let versions = reg.list_layer_versions("lib").unwrap().layer_versions;
+    let versions = reg.list_layer_versions("lib", None).unwrap().layer_versions;
     assert_eq!(
         versions.iter().map(|v| v.version).collect::<Vec<_>>(),
         [2, 1]
     );
+
+    // CompatibleRuntime filters, as on Lambda.
+    let mut other = publish_req("other", &[("x", "")]);
+    other.compatible_runtimes = Some(vec!["nodejs".into()]);
+    reg.publish_layer_version(&other).unwrap();
+    let names = |list: crate::protocol::LayerList| {
+        list.layers
+            .into_iter()
+            .map(|l| l.layer_name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(reg.list_layers(None)), ["lib", "other"]);
+    assert_eq!(names(reg.list_layers(Some("python3"))), ["lib"]);
+    assert_eq!(names(reg.list_layers(Some("nodejs"))), ["other"]);
+    assert!(names(reg.list_layers(Some("java21"))).is_empty());
+    assert_eq!(
+        reg.list_layer_versions("lib", Some("nodejs"))
+            .unwrap()
+            .layer_versions,
+        []
+    );
+    reg.delete_layer_version("other", 1).unwrap();
 
     reg.delete_layer_version("lib", 2).unwrap();
     let err = wire(reg.get_layer_version("lib", 2).unwrap_err());
@@ -125,9 +147,9 @@ fn versions_number_from_one_and_are_never_reused() {
     for v in [1, 3] {
         reg.delete_layer_version("lib", v).unwrap();
     }
-    assert!(reg.list_layers().layers.is_empty());
+    assert!(reg.list_layers(None).layers.is_empty());
     assert!(reg
-        .list_layer_versions("lib")
+        .list_layer_versions("lib", None)
         .unwrap()
         .layer_versions
         .is_empty());
