@@ -71,7 +71,9 @@ const RECORD_MODE: u32 = 0o600;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
     pub spec: FunctionSpec,
-    /// The revision of the code in `code_dir`; bumped by UpdateFunctionCode only.
+    /// The revision of the code in `code_dir` (and of `opt_dir`): bumped by
+    /// UpdateFunctionCode, and by an UpdateFunctionConfiguration that changes
+    /// the layers.
     pub code_revision: u64,
     /// Absolute path of the installed code (`…/code/<code_revision>`).
     pub code_dir: PathBuf,
