@@ -23,6 +23,11 @@ def handler(event, context):
     except Exception as e:
         out["who"] = "import failed: %r" % e
     out["only_a"] = importlib.util.find_spec("only_a") is not None
+    try:
+        import sitepkg
+        out["sitepkg"] = sitepkg.__file__
+    except Exception as e:
+        out["sitepkg"] = "import failed: %r" % e
     out["tool"] = os.path.exists("/opt/bin/tool")
     out["opt"] = sorted(os.listdir("/opt"))
     out["can_read"] = os.access("/opt/python/mylib.py", os.R_OK)
@@ -84,7 +89,13 @@ fn layers_are_merged_under_opt_in_order_and_read_only() {
         ],
     );
     // From a directory on the host (Content.Path, this client is root).
-    let b_dir = sup.write_code("libb", &[("python/mylib.py", "WHO = 'b'\n")]);
+    // Lambda's site-packages form, for whichever Python 3 the host has.
+    let site: Vec<String> = (6..=20)
+        .map(|minor| format!("python/lib/python3.{minor}/site-packages/sitepkg.py"))
+        .collect();
+    let mut b_files: Vec<(&str, &str)> = site.iter().map(|p| (p.as_str(), "\n")).collect();
+    b_files.push(("python/mylib.py", "WHO = 'b'\n"));
+    let b_dir = sup.write_code("libb", &b_files);
     let b = sup
         .request(
             "PublishLayerVersion",
@@ -120,6 +131,15 @@ fn layers_are_merged_under_opt_in_order_and_read_only() {
         "the earlier layer's other files stay",
         &r["only_a"],
         &json!(true),
+    );
+    c.check(
+        r["sitepkg"].as_str().is_some_and(|f| {
+            f.starts_with("/opt/python/lib/python3.") && f.ends_with("/site-packages/sitepkg.py")
+        }),
+        format_args!(
+            "a module in the layer's site-packages is imported: {}",
+            r["sitepkg"]
+        ),
     );
     c.eq("/opt/bin/tool is there", &r["tool"], &json!(true));
     c.eq(
