@@ -469,3 +469,66 @@ fn the_cli_publishes_lists_and_deletes_layers() {
     );
     c.finish();
 }
+
+#[test]
+fn only_root_clients_may_publish_from_a_host_path() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let sup = Supervisor::start_with(&["--socket-mode", "0666"]);
+    let mut c = Checks::new("Content.Path from a non-root client");
+    // The client, its zip and the socket, where nobody can reach them.
+    std::fs::set_permissions(sup.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = sup.dir.path().join("lambdalet-client");
+    std::fs::copy(common::BIN, &bin).unwrap();
+    let zip = sup.dir.path().join("layer.zip");
+    std::fs::write(
+        &zip,
+        base64::engine::general_purpose::STANDARD
+            .decode(zip_b64(&[("python/mylib.py", "WHO = 'nobody'\n")]))
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&zip, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .arg("--socket")
+            .arg(&sup.socket)
+            .args(args)
+            .output()
+            .expect("run the CLI as nobody");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&["publish-layer-version", "peek", "--content", "/"]);
+    c.eq("a host path from nobody: exit 255", code, Some(255));
+    c.check(
+        stderr.contains("InvalidParameterValueException")
+            && stderr.contains("Content.Path")
+            && stderr.contains("root clients only"),
+        format_args!("the refusal says why: {stderr}"),
+    );
+    c.check(
+        !sup.state_dir.join("layers/peek").exists(),
+        "nothing was published",
+    );
+    let (code, stderr) = run(&[
+        "publish-layer-version",
+        "peek",
+        "--zip",
+        zip.to_str().unwrap(),
+    ]);
+    c.eq(
+        format_args!("an inline zip from nobody is fine: {stderr}"),
+        code,
+        Some(0),
+    );
+    c.finish();
+}
