@@ -334,3 +334,41 @@ fn code_and_layers_together_must_fit_the_unzipped_limit() {
     assert!(reg.get("f").is_none());
     assert_eq!(fs::read_dir(reg.functions_dir()).unwrap().count(), 0);
 }
+
+#[test]
+fn open_removes_leftovers_of_interrupted_publishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut reg = Registry::open(tmp.path()).unwrap();
+    reg.publish_layer_version(&publish_req("lib", &[("a", "1")]))
+        .unwrap();
+    drop(reg);
+    let layers = tmp.path().join("layers");
+    // A version installed but never recorded, a staging dir, a temp record,
+    // and a layer whose first publish never wrote its record.
+    fs::create_dir_all(layers.join("lib/2")).unwrap();
+    fs::create_dir_all(layers.join("lib/.staging-x")).unwrap();
+    fs::write(layers.join("lib/.layer.json.tmp"), "{").unwrap();
+    fs::create_dir_all(layers.join("orphan/1")).unwrap();
+    let mut reg = Registry::open(tmp.path()).unwrap();
+    let mut left: Vec<String> = fs::read_dir(layers.join("lib"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["1", "layer.json"]);
+    assert!(!layers.join("orphan").exists());
+    // The unrecorded 2 was never given: the next version is 2.
+    let v = reg
+        .publish_layer_version(&publish_req("lib", &[("b", "2")]))
+        .unwrap();
+    assert_eq!(v.version, 2);
+    // A record naming a version whose content is gone is an error that
+    // names it, not a layer silently dropped.
+    drop(reg);
+    fs::remove_dir_all(layers.join("lib/1")).unwrap();
+    let err = Registry::open(tmp.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("layer.json") && err.contains("version 1"),
+        "{err}"
+    );
+}
