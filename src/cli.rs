@@ -144,6 +144,67 @@ pub enum Command {
     /// starts, concurrency, duration and memory percentiles) in the
     /// Prometheus text format.
     Metrics(MetricsArgs),
+    /// Publish a new version of a layer (numbered from 1) from a .zip or a
+    /// directory; functions name it with --layers and see it under /opt.
+    PublishLayerVersion(PublishLayerVersionArgs),
+    /// List every layer with its latest version.
+    ListLayers(ListLayersArgs),
+    /// List a layer's versions, newest first.
+    ListLayerVersions(ListLayerVersionsArgs),
+    /// Show one version of a layer.
+    GetLayerVersion(LayerVersionArgs),
+    /// Delete a version of a layer; functions that use it keep it.
+    DeleteLayerVersion(LayerVersionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishLayerVersionArgs {
+    /// The layer's name: letters, digits, '-' and '_', at most 140.
+    pub name: String,
+    #[command(flatten)]
+    pub content: LayerContent,
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// Runtimes the layer is meant for (informational, as on Lambda).
+    #[arg(long, num_args = 1.., value_name = "RUNTIME")]
+    pub compatible_runtimes: Vec<String>,
+}
+
+/// A layer's content: exactly one of `--zip` and `--content`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct LayerContent {
+    /// A .zip file sent inline, base64-encoded (a `fileb://` prefix is accepted).
+    #[arg(long, visible_alias = "zip-file", value_name = "FILE")]
+    pub zip: Option<PathBuf>,
+    /// A directory or a .zip file on this host; the supervisor reads it (sent
+    /// as an absolute path, root clients only).
+    #[arg(long, value_name = "DIR|ZIP")]
+    pub content: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListLayersArgs {
+    /// Only layers with a version for this runtime (their latest such version).
+    #[arg(long, value_name = "RUNTIME")]
+    pub compatible_runtime: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ListLayerVersionsArgs {
+    /// The layer's name (or its ARN).
+    pub name: String,
+    /// Only the versions for this runtime.
+    #[arg(long, value_name = "RUNTIME")]
+    pub compatible_runtime: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LayerVersionArgs {
+    /// The layer's name (or its ARN).
+    pub name: String,
+    /// The version number.
+    pub version: u64,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +349,9 @@ pub struct CreateFunctionArgs {
     pub ephemeral_storage: Option<u32>,
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
+    /// Layer version ARNs (up to 5), merged under /opt in this order.
+    #[arg(long, num_args = 1.., value_name = "ARN")]
+    pub layers: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +385,13 @@ pub struct UpdateFunctionConfigurationArgs {
     pub ephemeral_storage: Option<u32>,
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
+    /// Layer version ARNs (up to 5), merged under /opt in this order;
+    /// replaces the function's whole list.
+    #[arg(long, num_args = 1.., value_name = "ARN")]
+    pub layers: Vec<String>,
+    /// Remove every layer.
+    #[arg(long, conflicts_with = "layers")]
+    pub clear_layers: bool,
 }
 
 #[derive(Debug, Args)]
@@ -557,6 +628,7 @@ fn action(cli: Cli) -> Result<Action, CliError> {
                 environment: (!args.env.is_empty()).then(|| environment(args.env)),
                 ephemeral_storage: args.ephemeral_storage.map(|size| EphemeralStorage { size }),
                 description: args.description,
+                layers: (!args.layers.is_empty()).then_some(args.layers),
             };
             (Request::new(op::CREATE_FUNCTION, &params), Output::Json)
         }
@@ -585,6 +657,11 @@ fn action(cli: Cli) -> Result<Action, CliError> {
                 environment,
                 ephemeral_storage: args.ephemeral_storage.map(|size| EphemeralStorage { size }),
                 description: args.description,
+                layers: if args.clear_layers {
+                    Some(Vec::new())
+                } else {
+                    (!args.layers.is_empty()).then_some(args.layers)
+                },
             };
             (
                 Request::new(op::UPDATE_FUNCTION_CONFIGURATION, &params),
@@ -604,6 +681,50 @@ fn action(cli: Cli) -> Result<Action, CliError> {
             Output::Quiet,
         ),
         Command::Invoke(args) => invoke(args)?,
+        Command::PublishLayerVersion(args) => {
+            let source = CodeSource {
+                code: args.content.content,
+                zip_file: args.content.zip,
+            };
+            let params = protocol::PublishLayerVersion {
+                layer_name: args.name,
+                description: args.description,
+                content: function_code(&source)?,
+                compatible_runtimes: (!args.compatible_runtimes.is_empty())
+                    .then_some(args.compatible_runtimes),
+            };
+            (
+                Request::new(op::PUBLISH_LAYER_VERSION, &params),
+                Output::Json,
+            )
+        }
+        Command::ListLayers(args) => (
+            Request::new(
+                op::LIST_LAYERS,
+                &protocol::ListLayers {
+                    compatible_runtime: args.compatible_runtime,
+                },
+            ),
+            Output::Json,
+        ),
+        Command::ListLayerVersions(args) => (
+            Request::new(
+                op::LIST_LAYER_VERSIONS,
+                &protocol::LayerName {
+                    layer_name: args.name,
+                    compatible_runtime: args.compatible_runtime,
+                },
+            ),
+            Output::Json,
+        ),
+        Command::GetLayerVersion(args) => (
+            Request::new(op::GET_LAYER_VERSION, &layer_version(args)),
+            Output::Json,
+        ),
+        Command::DeleteLayerVersion(args) => (
+            Request::new(op::DELETE_LAYER_VERSION, &layer_version(args)),
+            Output::Quiet,
+        ),
         Command::Logs(args) => {
             let params = protocol::GetLogs {
                 function_name: args.name,
@@ -819,6 +940,13 @@ fn environment(pairs: Vec<(String, String)>) -> Environment {
 
 /// `--code` becomes an absolute path (the supervisor resolves nothing relative
 /// to the client's directory); `--zip-file` is read and sent inline.
+fn layer_version(args: LayerVersionArgs) -> protocol::LayerVersionNumber {
+    protocol::LayerVersionNumber {
+        layer_name: args.name,
+        version_number: args.version,
+    }
+}
+
 fn function_code(source: &CodeSource) -> Result<FunctionCode, CliError> {
     if let Some(path) = &source.code {
         let absolute = path.canonicalize().map_err(|e| {

@@ -45,6 +45,13 @@ pub const FUNCTION_NAME_MAX_CHARS: usize = 64;
 /// Handler: Lambda's pattern is `[^\s]+`, at most 128 characters.
 pub const HANDLER_MAX_CHARS: usize = 128;
 
+/// Layers a function may name (Lambda's limit).
+pub const MAX_LAYERS: usize = 5;
+/// LayerName: `[A-Za-z0-9_-]{1,140}` (Lambda's pattern and length).
+pub const LAYER_NAME_MAX_CHARS: usize = 140;
+/// CompatibleRuntimes: at most 15 entries (Lambda's limit).
+pub const MAX_COMPATIBLE_RUNTIMES: usize = 15;
+
 /// 1769 MB of memory buys one full vCPU (Lambda's published ratio).
 pub const MB_PER_VCPU: u64 = 1769;
 /// No function gets more than 6 vCPUs (at 10240 MB it gets 5.79).
@@ -132,6 +139,29 @@ pub enum ConfigError {
         DESCRIPTION_MAX_CHARS
     )]
     Description { chars: usize },
+    #[error(
+        "LayerName {value:?} is invalid: it must be 1–{max} characters of A–Z, a–z, 0–9, '-' and '_' \
+         (or this host's ARN arn:aws:lambda:{REGION}:{ACCOUNT_ID}:layer:NAME)",
+        max = LAYER_NAME_MAX_CHARS
+    )]
+    LayerName { value: String },
+    #[error(
+        "Layers: {value:?} is not a layer version ARN of this host: it must be \
+         arn:aws:lambda:{REGION}:{ACCOUNT_ID}:layer:NAME:VERSION (VERSION a number from 1)"
+    )]
+    LayerVersionArn { value: String },
+    #[error(
+        "Layers names {count} layers: a function may use at most {} layers",
+        MAX_LAYERS
+    )]
+    TooManyLayers { count: usize },
+    #[error("Layers: two versions of the same layer {layer_arn} are not allowed")]
+    DuplicateLayer { layer_arn: String },
+    #[error(
+        "CompatibleRuntimes is invalid: at most {} names of 1–64 characters without whitespace",
+        MAX_COMPATIBLE_RUNTIMES
+    )]
+    CompatibleRuntimes,
 }
 
 impl From<ConfigError> for WireError {
@@ -313,6 +343,90 @@ pub fn function_name(value: &str) -> Result<&str, ConfigError> {
     Ok(name)
 }
 
+/// `arn:aws:lambda:us-east-1:000000000000:layer:NAME`.
+pub fn layer_arn(name: &str) -> String {
+    format!("arn:aws:lambda:{REGION}:{ACCOUNT_ID}:layer:{name}")
+}
+
+/// `arn:aws:lambda:us-east-1:000000000000:layer:NAME:VERSION`.
+pub fn layer_version_arn(name: &str, version: u64) -> String {
+    format!("{}:{version}", layer_arn(name))
+}
+
+/// The layer name a LayerName parameter denotes: a plain name, or this host's
+/// layer ARN (without a version), as Lambda accepts either.
+pub fn layer_name(value: &str) -> Result<&str, ConfigError> {
+    let prefix = layer_arn("");
+    let name = value.strip_prefix(prefix.as_str()).unwrap_or(value);
+    let ok = !name.is_empty()
+        && name.len() <= LAYER_NAME_MAX_CHARS
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(ConfigError::LayerName {
+            value: value.to_owned(),
+        })
+    }
+}
+
+/// A layer version ARN of this host, as (name, version).
+pub fn parse_layer_version_arn(value: &str) -> Result<(String, u64), ConfigError> {
+    let bad = || ConfigError::LayerVersionArn {
+        value: value.to_owned(),
+    };
+    let rest = value.strip_prefix(layer_arn("").as_str()).ok_or_else(bad)?;
+    let (name, version) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let name = layer_name(name).map_err(|_| bad())?;
+    // Digits only: "+1" or " 1" would parse but are not what Lambda writes.
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match version.parse::<u64>() {
+        Ok(v) if v >= 1 => Ok((name.to_owned(), v)),
+        _ => Err(bad()),
+    }
+}
+
+/// A function's `Layers`: at most [`MAX_LAYERS`] version ARNs of this host,
+/// at most one version of each layer, in the order given (later layers
+/// override earlier ones under /opt).
+pub fn layer_list(arns: &[String]) -> Result<Vec<(String, u64)>, ConfigError> {
+    if arns.len() > MAX_LAYERS {
+        return Err(ConfigError::TooManyLayers { count: arns.len() });
+    }
+    let mut out: Vec<(String, u64)> = Vec::with_capacity(arns.len());
+    for arn in arns {
+        let (name, version) = parse_layer_version_arn(arn)?;
+        if out.iter().any(|(n, _)| *n == name) {
+            return Err(ConfigError::DuplicateLayer {
+                layer_arn: layer_arn(&name),
+            });
+        }
+        out.push((name, version));
+    }
+    Ok(out)
+}
+
+/// A layer version's Description and CompatibleRuntimes.
+pub fn check_layer_metadata(description: &str, runtimes: &[String]) -> Result<(), ConfigError> {
+    let chars = description.chars().count();
+    if chars > DESCRIPTION_MAX_CHARS {
+        return Err(ConfigError::Description { chars });
+    }
+    let ok = runtimes.len() <= MAX_COMPATIBLE_RUNTIMES
+        && runtimes
+            .iter()
+            .all(|r| (1..=64).contains(&r.len()) && !r.chars().any(char::is_whitespace));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::CompatibleRuntimes)
+    }
+}
+
 fn check_name(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= FUNCTION_NAME_MAX_CHARS
@@ -414,6 +528,7 @@ mod tests {
             environment: None,
             ephemeral_storage: None,
             description: None,
+            layers: None,
         }
     }
 
@@ -730,6 +845,73 @@ mod tests {
             spec.updated(&up),
             Err(ConfigError::EnvironmentReserved { .. })
         ));
+    }
+
+    #[test]
+    fn layer_arns() {
+        let arn =
+            |name: &str, v: &str| format!("arn:aws:lambda:us-east-1:000000000000:layer:{name}:{v}");
+        assert_eq!(layer_version_arn("lib", 3), arn("lib", "3"));
+        assert_eq!(
+            parse_layer_version_arn(&arn("my-lib_2", "12")).unwrap(),
+            ("my-lib_2".to_owned(), 12)
+        );
+        for bad in [
+            arn("lib", "0"),
+            arn("lib", ""),
+            arn("lib", "+1"),
+            arn("lib", "x"),
+            arn("", "1"),
+            arn("a.b", "1"),
+            arn("lib", "99999999999999999999999"),
+            "arn:aws:lambda:us-east-1:123456789012:layer:lib:1".to_owned(),
+            "arn:aws:lambda:us-east-1:000000000000:function:lib:1".to_owned(),
+            "lib:1".to_owned(),
+        ] {
+            assert_eq!(
+                parse_layer_version_arn(&bad),
+                Err(ConfigError::LayerVersionArn { value: bad.clone() }),
+                "{bad}"
+            );
+        }
+        assert_eq!(layer_name("lib").unwrap(), "lib");
+        assert_eq!(layer_name(&layer_arn("lib")).unwrap(), "lib");
+        let long = "l".repeat(141);
+        for bad in ["", "a b", "a/b", long.as_str()] {
+            assert!(layer_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn layer_lists() {
+        let arns: Vec<String> = (1..=6)
+            .map(|i| layer_version_arn(&format!("l{i}"), 1))
+            .collect();
+        assert_eq!(layer_list(&arns[..5]).unwrap().len(), 5);
+        let err = layer_list(&arns).unwrap_err();
+        assert_eq!(err, ConfigError::TooManyLayers { count: 6 });
+        assert!(err.to_string().contains("at most 5 layers"), "{err}");
+        let twice = [layer_version_arn("a", 1), layer_version_arn("a", 2)];
+        assert_eq!(
+            layer_list(&twice),
+            Err(ConfigError::DuplicateLayer {
+                layer_arn: layer_arn("a")
+            })
+        );
+        // The order is kept: it is the order of precedence under /opt.
+        let order = [layer_version_arn("b", 2), layer_version_arn("a", 1)];
+        assert_eq!(
+            layer_list(&order).unwrap(),
+            vec![("b".to_owned(), 2), ("a".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn layer_metadata() {
+        assert!(check_layer_metadata("d", &["python3".into(), "python3.12".into()]).is_ok());
+        assert!(check_layer_metadata(&"d".repeat(257), &[]).is_err());
+        assert!(check_layer_metadata("", &["a b".into()]).is_err());
+        assert!(check_layer_metadata("", &vec!["x".to_owned(); 16]).is_err());
     }
 
     #[test]

@@ -138,6 +138,11 @@ pub mod op {
     pub const GET_FUNCTION_EVENT_INVOKE_CONFIG: &str = "GetFunctionEventInvokeConfig";
     pub const DELETE_FUNCTION_EVENT_INVOKE_CONFIG: &str = "DeleteFunctionEventInvokeConfig";
     pub const GET_EVENT_QUEUE: &str = "GetEventQueue";
+    pub const PUBLISH_LAYER_VERSION: &str = "PublishLayerVersion";
+    pub const LIST_LAYERS: &str = "ListLayers";
+    pub const LIST_LAYER_VERSIONS: &str = "ListLayerVersions";
+    pub const GET_LAYER_VERSION: &str = "GetLayerVersion";
+    pub const DELETE_LAYER_VERSION: &str = "DeleteLayerVersion";
     pub const ALL: &[&str] = &[
         CREATE_FUNCTION,
         UPDATE_FUNCTION_CODE,
@@ -160,6 +165,11 @@ pub mod op {
         GET_FUNCTION_EVENT_INVOKE_CONFIG,
         DELETE_FUNCTION_EVENT_INVOKE_CONFIG,
         GET_EVENT_QUEUE,
+        PUBLISH_LAYER_VERSION,
+        LIST_LAYERS,
+        LIST_LAYER_VERSIONS,
+        GET_LAYER_VERSION,
+        DELETE_LAYER_VERSION,
     ];
 }
 
@@ -206,6 +216,9 @@ pub struct CreateFunction {
     pub ephemeral_storage: Option<EphemeralStorage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Up to 5 layer version ARNs, merged under /opt in this order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -234,6 +247,9 @@ pub struct UpdateFunctionConfiguration {
     pub ephemeral_storage: Option<EphemeralStorage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Replaces the whole list of layers (`[]` removes them all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<String>>,
 }
 
 /// Parameters of GetFunction and DeleteFunction.
@@ -353,6 +369,19 @@ pub struct FunctionConfiguration {
     pub version: String,
     pub revision_id: String,
     pub state: String,
+    /// The function's layers, in order; absent when it has none (as on Lambda).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<FunctionLayer>,
+}
+
+/// A layer of a function, as FunctionConfiguration lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct FunctionLayer {
+    /// The layer version's ARN.
+    pub arn: String,
+    /// The size of the layer's archive in bytes.
+    pub code_size: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -500,6 +529,103 @@ pub struct EventQueue {
     pub retrying: u64,
     /// Age of the oldest unfinished event, in seconds (0 when empty).
     pub oldest_age_seconds: f64,
+}
+
+/// PublishLayerVersion. `Content` is a `FunctionCode`: exactly one of
+/// `ZipFile` and `Path` (root clients only, as for CreateFunction).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct PublishLayerVersion {
+    pub layer_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub content: FunctionCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatible_runtimes: Option<Vec<String>>,
+}
+
+/// ListLayerVersions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct LayerName {
+    pub layer_name: String,
+    /// Only the versions that list this runtime in CompatibleRuntimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatible_runtime: Option<String>,
+}
+
+/// ListLayers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ListLayers {
+    /// Only layers with a version that lists this runtime; their
+    /// LatestMatchingVersion is the latest such version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatible_runtime: Option<String>,
+}
+
+/// GetLayerVersion and DeleteLayerVersion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct LayerVersionNumber {
+    pub layer_name: String,
+    pub version_number: u64,
+}
+
+/// A layer version's content, as Lambda describes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct LayerVersionContent {
+    pub code_sha256: String,
+    pub code_size: u64,
+}
+
+/// A layer version: the answer of PublishLayerVersion and GetLayerVersion, an
+/// item of ListLayerVersions (Lambda's GetLayerVersion shape).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct LayerVersion {
+    pub layer_arn: String,
+    pub layer_version_arn: String,
+    pub version: u64,
+    pub description: String,
+    pub created_date: String,
+    pub content: LayerVersionContent,
+    pub compatible_runtimes: Vec<String>,
+}
+
+/// A layer version as ListLayerVersions and ListLayers show it (Lambda's
+/// LayerVersionsListItem: no content).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct LayerVersionsListItem {
+    pub layer_version_arn: String,
+    pub version: u64,
+    pub description: String,
+    pub created_date: String,
+    pub compatible_runtimes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct LayerVersionList {
+    /// Newest first, as on Lambda.
+    pub layer_versions: Vec<LayerVersionsListItem>,
+}
+
+/// An item of ListLayers: a layer and its latest version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct LayerSummary {
+    pub layer_name: String,
+    pub layer_arn: String,
+    pub latest_matching_version: LayerVersionsListItem,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct LayerList {
+    pub layers: Vec<LayerSummary>,
 }
 
 /// Serialise a success line (without the trailing newline).

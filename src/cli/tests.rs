@@ -1000,3 +1000,121 @@ fn serve_takes_the_async_time_scale_and_idempotency_window() {
     let zero = clap_error(&["serve", "--idempotency-window", "0"]);
     assert!(zero.contains("--idempotency-window"), "{zero}");
 }
+
+#[test]
+fn layer_commands_map_to_their_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("layer.zip");
+    std::fs::write(&zip, b"PK\x05\x06").unwrap();
+    let req = request(&[
+        "publish-layer-version",
+        "tools",
+        "--zip",
+        zip.to_str().unwrap(),
+        "--description",
+        "d",
+        "--compatible-runtimes",
+        "python3",
+        "python3.12",
+    ]);
+    assert_eq!(
+        req,
+        json!({"op": "PublishLayerVersion", "params": {
+            "LayerName": "tools",
+            "Description": "d",
+            "Content": {"ZipFile": "UEsFBg=="},
+            "CompatibleRuntimes": ["python3", "python3.12"],
+        }})
+    );
+    let req = request(&[
+        "publish-layer-version",
+        "tools",
+        "--content",
+        dir.path().to_str().unwrap(),
+    ]);
+    let canonical = dir.path().canonicalize().unwrap();
+    assert_eq!(
+        req,
+        json!({"op": "PublishLayerVersion", "params": {
+            "LayerName": "tools",
+            "Content": {"Path": canonical.to_str().unwrap()},
+        }})
+    );
+    // Exactly one of --zip and --content.
+    clap_error(&["publish-layer-version", "tools"]);
+    clap_error(&[
+        "publish-layer-version",
+        "tools",
+        "--zip",
+        "a.zip",
+        "--content",
+        "/tmp",
+    ]);
+    assert_eq!(
+        request(&["list-layers"]),
+        json!({"op": "ListLayers", "params": {}})
+    );
+    assert_eq!(
+        request(&["list-layer-versions", "tools"]),
+        json!({"op": "ListLayerVersions", "params": {"LayerName": "tools"}})
+    );
+    assert_eq!(
+        request(&["list-layers", "--compatible-runtime", "python3"]),
+        json!({"op": "ListLayers", "params": {"CompatibleRuntime": "python3"}})
+    );
+    assert_eq!(
+        request(&[
+            "list-layer-versions",
+            "tools",
+            "--compatible-runtime",
+            "python3"
+        ]),
+        json!({"op": "ListLayerVersions", "params": {"LayerName": "tools", "CompatibleRuntime": "python3"}})
+    );
+    assert_eq!(
+        request(&["get-layer-version", "tools", "2"]),
+        json!({"op": "GetLayerVersion", "params": {"LayerName": "tools", "VersionNumber": 2}})
+    );
+    assert_eq!(
+        request(&["delete-layer-version", "tools", "2"]),
+        json!({"op": "DeleteLayerVersion", "params": {"LayerName": "tools", "VersionNumber": 2}})
+    );
+    clap_error(&["get-layer-version", "tools", "two"]);
+}
+
+#[test]
+fn functions_name_their_layers_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        "arn:aws:lambda:us-east-1:000000000000:layer:a:1",
+        "arn:aws:lambda:us-east-1:000000000000:layer:b:3",
+    );
+    let req = request(&[
+        "create-function",
+        "f",
+        "--runtime",
+        "python3",
+        "--handler",
+        "app.handler",
+        "--code",
+        dir.path().to_str().unwrap(),
+        "--layers",
+        b,
+        a,
+    ]);
+    assert_eq!(req["params"]["Layers"], json!([b, a]));
+    let req = request(&["update-function-configuration", "f", "--layers", a]);
+    assert_eq!(req["params"]["Layers"], json!([a]));
+    let req = request(&["update-function-configuration", "f", "--clear-layers"]);
+    assert_eq!(req["params"]["Layers"], json!([]));
+    // Not given: the layers stay as they are.
+    let req = request(&["update-function-configuration", "f", "--memory", "256"]);
+    assert!(req["params"].get("Layers").is_none());
+    clap_error(&[
+        "update-function-configuration",
+        "f",
+        "--layers",
+        a,
+        "--clear-layers",
+    ]);
+}

@@ -9,16 +9,24 @@
 //!   [`package::install`] and bind-mounted read-only at /var/task. A new
 //!   revision leaves the old one in place, since running environments may still
 //!   have it mounted; [`Registry::prune_code`] removes what nothing uses.
+//! * `opt/<revision>/`: for a function with layers, its layers merged in
+//!   order (hard links, see `merge.rs`), bind-mounted read-only at /opt. A
+//!   change of layers makes a new revision (the code carried over as links),
+//!   so the code and the /opt an environment mounted are pruned together.
 //! * `deleted.json`: after DeleteFunction, `function.json` renamed. It keeps the
 //!   deleted function's uid reserved while its code directories remain (its
 //!   environments may still be running under that uid), and is removed with
 //!   the last of them. Creating a function of the same name again takes the
 //!   uid back and continues the revision numbers.
 //!
+//! Layers live under `<state_dir>/layers/` (`layers.rs`).
+//!
 //! The registry is a plain data structure: the supervisor owns it, calls it
 //! from its event loop and decides when code is no longer in use.
 
 pub mod event_invoke;
+pub mod layers;
+pub mod merge;
 pub mod package;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,9 +42,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::{self, ConfigError, FunctionSpec};
 use crate::protocol::{
     CreateFunction, EphemeralStorage, ErrorKind, FunctionCode, FunctionConfiguration,
+    FunctionLayer, LayerList, LayerVersion, LayerVersionList, PublishLayerVersion,
     UpdateFunctionCode, UpdateFunctionConfiguration, WireError,
 };
 use event_invoke::EventInvokeConfig;
+use layers::LayerStore;
 use package::{Limits, PackageError, Source};
 
 /// Uids (and gids: gid = uid) handed to functions, one per function. Above the
@@ -48,6 +58,7 @@ const FUNCTIONS_DIR: &str = "functions";
 const RECORD_FILE: &str = "function.json";
 const TOMBSTONE_FILE: &str = "deleted.json";
 const CODE_DIR: &str = "code";
+const OPT_DIR: &str = "opt";
 /// Prefix of function.json's temp file while it is written.
 const RECORD_TEMP_PREFIX: &str = ".function.json.";
 /// The version of the record format; a record of another version is refused
@@ -60,7 +71,9 @@ const RECORD_MODE: u32 = 0o600;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
     pub spec: FunctionSpec,
-    /// The revision of the code in `code_dir`; bumped by UpdateFunctionCode only.
+    /// The revision of the code in `code_dir` (and of `opt_dir`): bumped by
+    /// UpdateFunctionCode, and by an UpdateFunctionConfiguration that changes
+    /// the layers.
     pub code_revision: u64,
     /// Absolute path of the installed code (`…/code/<code_revision>`).
     pub code_dir: PathBuf,
@@ -77,6 +90,21 @@ pub struct Function {
     pub concurrency: Concurrency,
     /// PutFunctionEventInvokeConfig; None: Lambda's defaults.
     pub event_invoke: Option<EventInvokeConfig>,
+    /// Its layers, in order (later ones override earlier ones under /opt).
+    pub layers: Vec<AttachedLayer>,
+    /// The merged layers of `code_revision` (`…/opt/<code_revision>`), bound
+    /// at /opt; None without layers (/opt is then an empty directory).
+    pub opt_dir: Option<PathBuf>,
+}
+
+/// A layer version a function uses, as it was when the function took it: a
+/// version deleted later stays with the function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachedLayer {
+    pub arn: String,
+    pub code_size: u64,
+    pub unzipped_size: u64,
 }
 
 /// A function's concurrency settings (PutFunctionConcurrency,
@@ -135,6 +163,14 @@ impl Function {
             version: config::LATEST_VERSION.to_owned(),
             revision_id: self.revision_id.clone(),
             state: "Active".to_owned(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| FunctionLayer {
+                    arn: l.arn.clone(),
+                    code_size: l.code_size,
+                })
+                .collect(),
         }
     }
 
@@ -150,6 +186,7 @@ impl Function {
             revision_id: self.revision_id.clone(),
             concurrency: self.concurrency,
             event_invoke: self.event_invoke.clone(),
+            layers: self.layers.clone(),
         }
     }
 }
@@ -173,6 +210,9 @@ struct Record {
     /// Absent in records written before asynchronous invocation existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     event_invoke: Option<EventInvokeConfig>,
+    /// Absent in records written before layers existed, and when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    layers: Vec<AttachedLayer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +224,7 @@ pub enum RegistryError {
     #[error("Function already exist: {name}")]
     AlreadyExists { name: String },
     #[error("{0}")]
-    CodeSource(&'static str),
+    CodeSource(String),
     #[error("{source}")]
     Package { source: PackageError },
     #[error(
@@ -205,6 +245,16 @@ pub enum RegistryError {
     WriteRecord { path: PathBuf, source: io::Error },
     #[error("cannot mark {path:?} deleted: {source}")]
     DeleteRecord { path: PathBuf, source: io::Error },
+    #[error("Layers: layer version {arn} does not exist (publish it with PublishLayerVersion, or list them with ListLayerVersions)")]
+    UnknownLayer { arn: String },
+    #[error("Layer version not found: {arn}")]
+    LayerVersionNotFound { arn: String },
+    #[error(
+        "Unzipped size must be smaller than {limit} bytes: the code is {code} bytes and its layers {layers} bytes unzipped"
+    )]
+    UnzippedTooLarge { code: u64, layers: u64, limit: u64 },
+    #[error("cannot build {path:?}: {source}")]
+    Merge { path: PathBuf, source: io::Error },
 }
 
 impl From<PackageError> for RegistryError {
@@ -218,11 +268,16 @@ impl From<RegistryError> for WireError {
     fn from(e: RegistryError) -> Self {
         let message = e.to_string();
         match e {
-            RegistryError::NotFound { .. } => WireError::not_found(message),
+            RegistryError::NotFound { .. } | RegistryError::LayerVersionNotFound { .. } => {
+                WireError::not_found(message)
+            }
             RegistryError::AlreadyExists { .. } => {
                 WireError::new(ErrorKind::ResourceConflictException, message)
             }
-            RegistryError::Config(_) | RegistryError::CodeSource(_) => WireError::invalid(message),
+            RegistryError::Config(_)
+            | RegistryError::CodeSource(_)
+            | RegistryError::UnknownLayer { .. }
+            | RegistryError::UnzippedTooLarge { .. } => WireError::invalid(message),
             RegistryError::Package { source } if source.is_refusal() => WireError::invalid(message),
             RegistryError::Package { .. }
             | RegistryError::AllocateUid
@@ -231,7 +286,8 @@ impl From<RegistryError> for WireError {
             | RegistryError::ReadRecord { .. }
             | RegistryError::ParseRecord { .. }
             | RegistryError::WriteRecord { .. }
-            | RegistryError::DeleteRecord { .. } => WireError::service(message),
+            | RegistryError::DeleteRecord { .. }
+            | RegistryError::Merge { .. } => WireError::service(message),
         }
     }
 }
@@ -242,6 +298,7 @@ pub struct Registry {
     /// `<state_dir>/functions`, absolute.
     functions_dir: PathBuf,
     functions: BTreeMap<String, Function>,
+    layers: LayerStore,
     limits: Limits,
 }
 
@@ -264,6 +321,7 @@ impl Registry {
         let mut registry = Registry {
             functions_dir,
             functions: BTreeMap::new(),
+            layers: LayerStore::open(&state_dir)?,
             limits: Limits::LAMBDA,
         };
         let read_err = |path: &Path| {
@@ -328,7 +386,8 @@ impl Registry {
         if self.functions.contains_key(&name) {
             return Err(RegistryError::AlreadyExists { name });
         }
-        let source = self.code_source(&req.code)?;
+        let layers = self.resolve_layers(req.layers.as_deref().unwrap_or(&[]))?;
+        let source = self.code_source(&req.code, "Code")?;
         let dir = self.functions_dir.join(&name);
         let tombstone = read_tombstone(&dir.join(TOMBSTONE_FILE));
         let uid = match tombstone {
@@ -336,7 +395,7 @@ impl Registry {
             None => self.allocate_uid()?,
         };
         let fresh = !dir.exists();
-        let result = self.create_in(&dir, spec, uid, &source);
+        let result = self.create_in(&dir, spec, uid, &source, &layers);
         if result.is_err() && fresh {
             // Nothing of a function that never existed stays behind.
             let _ = remove_tree(&dir);
@@ -353,9 +412,17 @@ impl Registry {
         spec: FunctionSpec,
         uid: u32,
         source: &Source,
+        layers: &[layers::Resolved],
     ) -> Result<Function, RegistryError> {
         create_dir(dir)?;
         let (code_revision, code_dir, installed) = self.install_code(dir, source)?;
+        let opt_dir = match self.with_layers(dir, code_revision, &code_dir, layers) {
+            Ok(opt_dir) => opt_dir,
+            Err(e) => {
+                let _ = remove_tree(&code_dir);
+                return Err(e);
+            }
+        };
         let function = Function {
             spec,
             code_revision,
@@ -367,6 +434,8 @@ impl Registry {
             revision_id: uuid::Uuid::new_v4().to_string(),
             concurrency: Concurrency::default(),
             event_invoke: None,
+            layers: layers.iter().map(attached).collect(),
+            opt_dir,
         };
         write_record(&dir.join(RECORD_FILE), &function.record())?;
         Ok(function)
@@ -376,25 +445,41 @@ impl Registry {
     /// until [`Registry::prune_code`] removes it.
     pub fn update_code(&mut self, req: &UpdateFunctionCode) -> Result<&Function, RegistryError> {
         let name = self.existing(&req.function_name)?;
-        let source = self.code_source(&req.code)?;
+        let source = self.code_source(&req.code, "Code")?;
         let dir = self.functions_dir.join(&name);
         let (code_revision, code_dir, installed) = self.install_code(&dir, &source)?;
         let mut next = self.functions[&name].clone();
+        // The layers stay: the new revision's /opt is the current one's,
+        // linked (its layer versions may have been deleted since).
+        let sources: Vec<&Path> = next.opt_dir.iter().map(PathBuf::as_path).collect();
+        let layers_size = next.layers.iter().map(|l| l.unzipped_size).sum();
+        let opt_dir = self
+            .build_opt(&dir, code_revision, &code_dir, layers_size, &sources)
+            .inspect_err(|_| {
+                let _ = remove_tree(&code_dir);
+            })?;
         next.code_revision = code_revision;
         next.code_dir = code_dir.clone();
+        next.opt_dir = opt_dir;
         next.code_size = installed.code_size;
         next.code_sha256 = installed.code_sha256;
         next.last_modified = lambda_timestamp(SystemTime::now());
         next.revision_id = uuid::Uuid::new_v4().to_string();
         if let Err(e) = write_record(&dir.join(RECORD_FILE), &next.record()) {
             let _ = remove_tree(&code_dir);
+            if let Some(opt) = &next.opt_dir {
+                let _ = remove_tree(opt);
+            }
             return Err(e);
         }
         self.functions.insert(name.clone(), next);
         Ok(&self.functions[&name])
     }
 
-    /// UpdateFunctionConfiguration: a new revision id, the same code revision.
+    /// UpdateFunctionConfiguration: a new revision id, the same code
+    /// revision, unless `Layers` changes the function's layers: then a new
+    /// revision carries the code over (hard links) with the new /opt, so
+    /// environments that mounted the old ones keep them until they end.
     pub fn update_configuration(
         &mut self,
         req: &UpdateFunctionConfiguration,
@@ -405,7 +490,135 @@ impl Registry {
         next.spec = current.spec.updated(req)?;
         next.last_modified = lambda_timestamp(SystemTime::now());
         next.revision_id = uuid::Uuid::new_v4().to_string();
-        self.store(name, next)
+        let unchanged = req.layers.as_ref().is_none_or(|arns| {
+            arns.iter()
+                .map(String::as_str)
+                .eq(current.layers.iter().map(|l| l.arn.as_str()))
+        });
+        if unchanged {
+            return self.store(name, next);
+        }
+        let layers = self.resolve_layers(req.layers.as_deref().unwrap_or(&[]))?;
+        let dir = self.functions_dir.join(&name);
+        let revision = self.next_revision(&dir)?;
+        let code_dir = dir.join(CODE_DIR).join(revision.to_string());
+        merge::merge_trees(&[&current.code_dir], &code_dir).map_err(|source| {
+            RegistryError::Merge {
+                path: code_dir.clone(),
+                source,
+            }
+        })?;
+        let opt_dir = self
+            .with_layers(&dir, revision, &code_dir, &layers)
+            .inspect_err(|_| {
+                let _ = remove_tree(&code_dir);
+            })?;
+        next.code_revision = revision;
+        next.code_dir = code_dir.clone();
+        next.opt_dir = opt_dir.clone();
+        next.layers = layers.iter().map(attached).collect();
+        self.store(name, next).inspect_err(|_| {
+            let _ = remove_tree(&code_dir);
+            if let Some(opt) = &opt_dir {
+                let _ = remove_tree(opt);
+            }
+        })
+    }
+
+    /// PublishLayerVersion.
+    pub fn publish_layer_version(
+        &mut self,
+        req: &PublishLayerVersion,
+    ) -> Result<LayerVersion, RegistryError> {
+        let source = self.code_source(&req.content, "Content")?;
+        self.layers.publish(req, &source, &self.limits)
+    }
+
+    /// ListLayers, optionally of the layers compatible with `runtime`.
+    pub fn list_layers(&self, runtime: Option<&str>) -> LayerList {
+        self.layers.list(runtime)
+    }
+
+    /// ListLayerVersions, optionally of the versions compatible with `runtime`.
+    pub fn list_layer_versions(
+        &self,
+        name: &str,
+        runtime: Option<&str>,
+    ) -> Result<LayerVersionList, RegistryError> {
+        self.layers.versions(name, runtime)
+    }
+
+    /// GetLayerVersion.
+    pub fn get_layer_version(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<LayerVersion, RegistryError> {
+        self.layers.get(name, version)
+    }
+
+    /// DeleteLayerVersion: functions that use the version keep it.
+    pub fn delete_layer_version(&mut self, name: &str, version: u64) -> Result<(), RegistryError> {
+        self.layers.delete(name, version)
+    }
+
+    /// A function's `Layers`: validated, and every version existing.
+    fn resolve_layers(&self, arns: &[String]) -> Result<Vec<layers::Resolved>, RegistryError> {
+        config::layer_list(arns)?
+            .iter()
+            .map(|(name, version)| self.layers.resolve(name, *version))
+            .collect()
+    }
+
+    /// The /opt of revision `revision` of the function in `dir`, merged from
+    /// `layers` in order; None without layers.
+    fn with_layers(
+        &self,
+        dir: &Path,
+        revision: u64,
+        code_dir: &Path,
+        layers: &[layers::Resolved],
+    ) -> Result<Option<PathBuf>, RegistryError> {
+        let sources: Vec<&Path> = layers.iter().map(|l| l.dir.as_path()).collect();
+        let size = layers.iter().map(|l| l.record.unzipped_size).sum();
+        self.build_opt(dir, revision, code_dir, size, &sources)
+    }
+
+    /// Checks Lambda's limit on the code and layers together (unzipped), then
+    /// merges `sources` into `dir/opt/<revision>`. None when there are no
+    /// sources: the function has no layers.
+    fn build_opt(
+        &self,
+        dir: &Path,
+        revision: u64,
+        code_dir: &Path,
+        layers_size: u64,
+        sources: &[&Path],
+    ) -> Result<Option<PathBuf>, RegistryError> {
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        let code = package::tree_size(code_dir).map_err(|source| RegistryError::ReadStateDir {
+            path: code_dir.to_owned(),
+            source,
+        })?;
+        let limit = self.limits.unzipped_bytes;
+        if code.saturating_add(layers_size) > limit {
+            return Err(RegistryError::UnzippedTooLarge {
+                code,
+                layers: layers_size,
+                limit,
+            });
+        }
+        let opt = dir.join(OPT_DIR);
+        create_dir(&opt)?;
+        let dest = opt.join(revision.to_string());
+        let merged = remove_tree(&dest).and_then(|()| merge::merge_trees(sources, &dest));
+        merged.map_err(|source| RegistryError::Merge {
+            path: dest.clone(),
+            source,
+        })?;
+        Ok(Some(dest))
     }
 
     /// Stores new concurrency settings of an existing function (validated by
@@ -478,26 +691,28 @@ impl Registry {
         };
         let dir = self.functions_dir.join(name);
         let current = self.functions.get(name).map(|f| f.code_revision);
-        let code = dir.join(CODE_DIR);
         let mut remaining = 0usize;
-        match fs::read_dir(&code) {
-            Ok(entries) => {
-                for entry in entries {
-                    let entry = entry?;
-                    let revision = entry
-                        .file_name()
-                        .to_str()
-                        .and_then(|s| s.parse::<u64>().ok());
-                    match revision {
-                        Some(rev) if Some(rev) != current && !in_use.contains(&rev) => {
-                            remove_tree(&entry.path())?;
+        // A revision's code and its merged layers go together.
+        for sub in [CODE_DIR, OPT_DIR] {
+            match fs::read_dir(dir.join(sub)) {
+                Ok(entries) => {
+                    for entry in entries {
+                        let entry = entry?;
+                        let revision = entry
+                            .file_name()
+                            .to_str()
+                            .and_then(|s| s.parse::<u64>().ok());
+                        match revision {
+                            Some(rev) if Some(rev) != current && !in_use.contains(&rev) => {
+                                remove_tree(&entry.path())?;
+                            }
+                            _ => remaining += 1,
                         }
-                        _ => remaining += 1,
                     }
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
         }
         if current.is_none() && remaining == 0 && dir.join(TOMBSTONE_FILE).exists() {
             // The tombstone goes first: from here the uid is free again, and a
@@ -539,19 +754,20 @@ impl Registry {
         }
     }
 
-    /// `Code`: exactly one of ZipFile or Path.
-    fn code_source(&self, code: &FunctionCode) -> Result<Source, RegistryError> {
+    /// `Code` (or a layer's `Content`, named by `field`): exactly one of
+    /// ZipFile or Path.
+    fn code_source(&self, code: &FunctionCode, field: &str) -> Result<Source, RegistryError> {
         match (&code.zip_file, &code.path) {
             (Some(zip), None) => Ok(Source::from_base64(zip, &self.limits)?),
             (None, Some(path)) => Ok(Source::from_path(Path::new(path))?),
-            (Some(_), Some(_)) => Err(RegistryError::CodeSource(
-                "Code has both ZipFile and Path: send exactly one (ZipFile: a base64 .zip; \
-                 Path: the absolute path of a directory or .zip file on the host)",
-            )),
-            (None, None) => Err(RegistryError::CodeSource(
-                "Code is missing: send ZipFile (a base64 .zip) or Path (the absolute path of \
-                 a directory or .zip file on the host)",
-            )),
+            (Some(_), Some(_)) => Err(RegistryError::CodeSource(format!(
+                "{field} has both ZipFile and Path: send exactly one (ZipFile: a base64 .zip; \
+                 Path: the absolute path of a directory or .zip file on the host)"
+            ))),
+            (None, None) => Err(RegistryError::CodeSource(format!(
+                "{field} is missing: send ZipFile (a base64 .zip) or Path (the absolute path of \
+                 a directory or .zip file on the host)"
+            ))),
         }
     }
 
@@ -564,20 +780,29 @@ impl Registry {
         dir: &Path,
         source: &Source,
     ) -> Result<(u64, PathBuf, package::Installed), RegistryError> {
-        let code = dir.join(CODE_DIR);
-        create_dir(&code)?;
-        let highest = fs::read_dir(&code)
-            .map_err(|source| RegistryError::ReadStateDir {
-                path: code.clone(),
-                source,
-            })?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        let revision = highest + 1;
-        let code_dir = code.join(revision.to_string());
+        let revision = self.next_revision(dir)?;
+        let code_dir = dir.join(CODE_DIR).join(revision.to_string());
         let installed = package::install(source, &code_dir, &self.limits)?;
         Ok((revision, code_dir, installed))
+    }
+
+    /// The next revision number of the function in `dir`: past every code
+    /// and /opt directory present (creating `dir/code` if needed).
+    fn next_revision(&self, dir: &Path) -> Result<u64, RegistryError> {
+        let code = dir.join(CODE_DIR);
+        create_dir(&code)?;
+        let mut highest = 0;
+        for sub in [code, dir.join(OPT_DIR)] {
+            let entries = match fs::read_dir(&sub) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(RegistryError::ReadStateDir { path: sub, source }),
+            };
+            highest = entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+                .fold(highest, u64::max);
+        }
+        Ok(highest + 1)
     }
 
     /// The lowest uid in [`UID_RANGE`] that no function, live or deleted with
@@ -632,6 +857,15 @@ impl Registry {
         if !code_dir.is_dir() {
             return Err(bad(format!("its code directory {code_dir:?} is missing")));
         }
+        let opt_dir = (!record.layers.is_empty()).then(|| {
+            self.functions_dir
+                .join(name)
+                .join(OPT_DIR)
+                .join(record.code_revision.to_string())
+        });
+        if let Some(opt) = opt_dir.as_ref().filter(|o| !o.is_dir()) {
+            return Err(bad(format!("its merged layers {opt:?} are missing")));
+        }
         Ok(Function {
             spec,
             code_revision: record.code_revision,
@@ -643,6 +877,8 @@ impl Registry {
             revision_id: record.revision_id,
             concurrency: record.concurrency,
             event_invoke: record.event_invoke,
+            layers: record.layers,
+            opt_dir,
         })
     }
 
@@ -654,7 +890,7 @@ impl Registry {
                 source,
             })
         };
-        for parent in [dir.to_owned(), dir.join(CODE_DIR)] {
+        for parent in [dir.to_owned(), dir.join(CODE_DIR), dir.join(OPT_DIR)] {
             let Ok(entries) = fs::read_dir(&parent) else {
                 continue;
             };
@@ -668,6 +904,15 @@ impl Registry {
             }
         }
         Ok(())
+    }
+}
+
+/// How a function records a layer version it takes.
+fn attached(layer: &layers::Resolved) -> AttachedLayer {
+    AttachedLayer {
+        arn: layer.arn.clone(),
+        code_size: layer.record.code_size,
+        unzipped_size: layer.record.unzipped_size,
     }
 }
 
@@ -704,12 +949,21 @@ fn remove_tree(path: &Path) -> io::Result<()> {
 /// Writes a record so that a crash leaves either the old or the new one:
 /// temp file in the same directory, fsync, rename over, fsync the directory.
 fn write_record(path: &Path, record: &Record) -> Result<(), RegistryError> {
+    write_json(path, record, RECORD_TEMP_PREFIX)
+}
+
+/// [`write_record`] for any record; its temp file is named `temp_prefix…`.
+fn write_json(
+    path: &Path,
+    record: &impl Serialize,
+    temp_prefix: &str,
+) -> Result<(), RegistryError> {
     let dir = path.parent().expect("a record path has a parent");
     let write_err = |source| RegistryError::WriteRecord {
         path: path.to_owned(),
         source,
     };
-    let temp = dir.join(format!("{RECORD_TEMP_PREFIX}{}", uuid::Uuid::new_v4()));
+    let temp = dir.join(format!("{temp_prefix}{}", uuid::Uuid::new_v4()));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)

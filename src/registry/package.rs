@@ -296,6 +296,25 @@ pub fn install(source: &Source, dest: &Path, limits: &Limits) -> Result<Installe
     Ok(installed)
 }
 
+/// The bytes of the regular files below `root`, not following symlinks: an
+/// installed package's unzipped size (what Lambda's 250 MB limit counts).
+pub fn tree_size(root: &Path) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.path().symlink_metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// One line of a directory package's manifest, the input of its CodeSha256.
 ///
 /// `<kind> <mode> <size> <sha256> <path>\0` where kind is `d`, `f` or `l`; mode
@@ -920,7 +939,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), PackageError> {
     })
 }
 
-fn sync_fs(path: &Path) -> Result<(), PackageError> {
+pub(crate) fn sync_fs(path: &Path) -> Result<(), PackageError> {
     let sync_err = |source| PackageError::Sync {
         path: path.to_owned(),
         source,

@@ -37,6 +37,7 @@ fn create_req(name: &str) -> CreateFunction {
         environment: None,
         ephemeral_storage: None,
         description: None,
+        layers: None,
     }
 }
 

@@ -22,7 +22,7 @@
 //! | `/lib`, `/lib64` | symlinks, where the host has them |
 //! | `/etc` | passwd, group, hosts, nsswitch.conf written; ld.so.cache read-only |
 //! | `/var/task` | the function's code, read-only |
-//! | `/opt` | empty (layers later) |
+//! | `/opt` | the function's layers merged in order, read-only; else empty |
 //! | `/tmp` | tmpfs of the function's ephemeral storage size, mode 1777 |
 //! | `/dev` | read-only tmpfs with null, zero, full, random, urandom and fd links |
 //! | `/proc` | a new procfs; OCI's masked paths masked, kernel knobs read-only |
@@ -327,6 +327,9 @@ pub struct SpecInputs<'a> {
     pub functions_dir: &'a Path,
     /// The function's code on the host: a directory below `functions_dir`.
     pub code_dir: &'a Path,
+    /// The function's layers merged in order (`registry::merge`), a
+    /// directory below `functions_dir`; None: /opt stays empty.
+    pub opt_dir: Option<&'a Path>,
     /// The function's uid and gid (non-zero, distinct per function).
     pub uid: u32,
     pub gid: u32,
@@ -357,27 +360,14 @@ impl SpecTemplate {
         if bpf.is_empty() || !bpf.len().is_multiple_of(8) {
             return Err(PlanError::InvalidSeccompProgram { len: bpf.len() });
         }
-        abs_str("code_dir", inputs.code_dir)?;
-        let code_dir = inputs
-            .code_dir
-            .strip_prefix(inputs.functions_dir)
-            .ok()
-            .filter(|rel| {
-                // Some function's own directory: never the functions dir
-                // itself, which holds every function's records.
-                rel.components().next().is_some()
-                    && rel
-                        .components()
-                        .all(|c| matches!(c, std::path::Component::Normal(_)))
-            })
-            .ok_or_else(|| PlanError::CodeOutsideFunctions {
-                code_dir: inputs.code_dir.to_owned(),
-                functions_dir: inputs.functions_dir.to_owned(),
-            })?;
-        let code_dir = utf8("code_dir", code_dir)?;
+        let code_dir = below_functions("code_dir", inputs.code_dir, inputs.functions_dir)?;
+        let opt_dir = inputs
+            .opt_dir
+            .map(|dir| below_functions("opt_dir", dir, inputs.functions_dir))
+            .transpose()?;
         Ok(SpecTemplate {
             plan: SpecPlan {
-                ops: spec_ops(code_dir, inputs.uid, inputs.gid, inputs.tmp_mb),
+                ops: spec_ops(code_dir, opt_dir, inputs.uid, inputs.gid, inputs.tmp_mb),
                 uid: inputs.uid,
                 gid: inputs.gid,
                 rlimits: vec![
@@ -395,6 +385,31 @@ impl SpecTemplate {
     pub fn plan(&self) -> &SpecPlan {
         &self.plan
     }
+}
+
+/// `dir` relative to `functions_dir`: some function's own directory, never
+/// the functions dir itself (which holds every function's records), the only
+/// host directory a blank can bind from.
+fn below_functions<'p>(
+    what: &'static str,
+    dir: &'p Path,
+    functions_dir: &Path,
+) -> Result<&'p str, PlanError> {
+    abs_str(what, dir)?;
+    let rel = dir
+        .strip_prefix(functions_dir)
+        .ok()
+        .filter(|rel| {
+            rel.components().next().is_some()
+                && rel
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+        })
+        .ok_or_else(|| PlanError::CodeOutsideFunctions {
+            code_dir: dir.to_owned(),
+            functions_dir: functions_dir.to_owned(),
+        })?;
+    utf8(what, rel)
 }
 
 /// `lambdalet-<env_id>`, at most HOST_NAME_MAX bytes. It does not resolve
@@ -581,9 +596,9 @@ fn after_pivot_ops(host: &HostLayout) -> Vec<Op> {
 /// The specialisation's steps: the function's code bound from the functions
 /// mount, which is then detached (after this no other function's code is
 /// reachable), its user in /etc, its /tmp, and the root made read-only last.
-/// `code_dir` is relative to the functions dir.
-fn spec_ops(code_dir: &str, uid: u32, gid: u32, tmp_mb: u32) -> Vec<Op> {
-    let mut ops = Vec::with_capacity(12);
+/// `code_dir` and `opt_dir` are relative to the functions dir.
+fn spec_ops(code_dir: &str, opt_dir: Option<&str>, uid: u32, gid: u32, tmp_mb: u32) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(14);
     // The code: read-only, but executable (custom runtimes exec a bootstrap,
     // Python packages ship native extensions).
     bind_ro(
@@ -592,6 +607,18 @@ fn spec_ops(code_dir: &str, uid: u32, gid: u32, tmp_mb: u32) -> Vec<Op> {
         TASK_DIR,
         MountKind::Dir,
     );
+    // The layers, merged at create/update time into one tree of the state
+    // dir (registry::merge says why not overlayfs): bound like the code,
+    // read-only and executable (/opt/bin). Before the functions mount goes,
+    // since that is where the tree is reachable from.
+    if let Some(opt_dir) = opt_dir {
+        bind_ro(
+            &mut ops,
+            &format!("{FUNCTIONS_MOUNT}/{opt_dir}"),
+            OPT_DIR,
+            MountKind::Dir,
+        );
+    }
     ops.push(Op::Umount {
         target: FUNCTIONS_MOUNT.into(),
         flags: libc::MNT_DETACH as u64,
@@ -757,6 +784,7 @@ mod tests {
         SpecInputs {
             functions_dir: Path::new(FUNCTIONS_DIR),
             code_dir: Path::new(CODE_DIR),
+            opt_dir: None,
             uid: 11000,
             gid: 11001,
             tmp_mb: 777,
@@ -1023,6 +1051,36 @@ mod tests {
         let plan = spec_json(&inputs);
         let tmp = find(ops_of(&plan["ops"]), "mount", "/tmp").unwrap();
         assert_eq!(tmp["data"], "size=10240m,mode=1777");
+        // Without layers /opt is the blank's empty directory: nothing bound.
+        assert!(find(ops_of(&plan["ops"]), "mount", "/opt").is_none());
+    }
+
+    #[test]
+    fn layers_are_bound_read_only_at_opt_before_the_functions_mount_goes() {
+        let opt = format!("{FUNCTIONS_DIR}/hello/opt/3");
+        let mut inputs = spec_inputs();
+        inputs.opt_dir = Some(Path::new(&opt));
+        let plan = spec_json(&inputs);
+        let ops = ops_of(&plan["ops"]);
+        let mount = find(ops, "mount", "/opt").unwrap();
+        assert_eq!(mount["source"], format!("{FUNCTIONS_MOUNT}/hello/opt/3"));
+        assert_eq!(mount["flags"], 4096);
+        // Read-only, nosuid, nodev; exec allowed (/opt/bin).
+        assert_eq!(
+            find(ops, "remount", "/opt").unwrap()["flags"],
+            32 | 4096 | 1 | 2 | 4
+        );
+        let at = |kind: &str, target: &str| {
+            ops.iter()
+                .position(|o| o["op"] == kind && o["target"] == target)
+                .unwrap()
+        };
+        assert!(at("remount", "/opt") < at("umount", FUNCTIONS_MOUNT));
+        // Never from outside the functions dir.
+        for bad in ["/etc", FUNCTIONS_DIR, "/state/functions/../x"] {
+            inputs.opt_dir = Some(Path::new(bad));
+            assert!(SpecTemplate::new(&inputs).is_err(), "{bad}");
+        }
     }
 
     /// A host path may only appear where the child must name one: the

@@ -805,6 +805,29 @@ impl Supervisor {
             op::GET_FUNCTION_EVENT_INVOKE_CONFIG => self.op_get_event_invoke_config(params),
             op::DELETE_FUNCTION_EVENT_INVOKE_CONFIG => self.op_delete_event_invoke_config(params),
             op::GET_EVENT_QUEUE => self.op_get_event_queue(params),
+            op::PUBLISH_LAYER_VERSION => self.op_publish_layer_version(t, params),
+            op::LIST_LAYERS => parse::<protocol::ListLayers>(params)
+                .map(|p| ok_json(&self.registry.list_layers(p.compatible_runtime.as_deref()))),
+            op::LIST_LAYER_VERSIONS => parse::<protocol::LayerName>(params).and_then(|p| {
+                let runtime = p.compatible_runtime.as_deref();
+                Ok(ok_json(
+                    &self.registry.list_layer_versions(&p.layer_name, runtime)?,
+                ))
+            }),
+            op::GET_LAYER_VERSION => parse::<protocol::LayerVersionNumber>(params).and_then(|p| {
+                Ok(ok_json(
+                    &self
+                        .registry
+                        .get_layer_version(&p.layer_name, p.version_number)?,
+                ))
+            }),
+            op::DELETE_LAYER_VERSION => {
+                parse::<protocol::LayerVersionNumber>(params).and_then(|p| {
+                    self.registry
+                        .delete_layer_version(&p.layer_name, p.version_number)?;
+                    Ok("{}".to_owned())
+                })
+            }
             op::GET_LOGS => parse::<protocol::GetLogs>(params).and_then(|p| {
                 let name = match self.registry.get(&p.function_name) {
                     Some(f) => f.spec.name.clone(),
@@ -828,19 +851,33 @@ impl Supervisor {
         self.reply(t, &id, result);
     }
 
-    fn check_code_path(&self, t: Token, code: &protocol::FunctionCode) -> Result<(), WireError> {
+    /// `field`: `Code` of a function, `Content` of a layer.
+    fn check_code_path(
+        &self,
+        t: Token,
+        code: &protocol::FunctionCode,
+        field: &str,
+    ) -> Result<(), WireError> {
         let uid = self.conns.get(&t).map_or(u32::MAX, |c| c.peer_uid);
         if code.path.is_some() && uid != 0 {
             return Err(WireError::invalid(format!(
-                "Code.Path names a file on the supervisor's host and is accepted from root clients only (this client is uid {uid}); send the package as Code.ZipFile"
+                "{field}.Path names a file on the supervisor's host and is accepted from root clients only (this client is uid {uid}); send the package as {field}.ZipFile"
             )));
         }
         Ok(())
     }
 
+    fn op_publish_layer_version(&mut self, t: Token, params: &str) -> Result<String, WireError> {
+        let req: protocol::PublishLayerVersion = parse(params)?;
+        self.check_code_path(t, &req.content, "Content")?;
+        let layer = self.registry.publish_layer_version(&req)?;
+        info!("published layer version {}", layer.layer_version_arn);
+        Ok(ok_json(&layer))
+    }
+
     fn op_create(&mut self, t: Token, params: &str) -> Result<String, WireError> {
         let req: protocol::CreateFunction = parse(params)?;
-        self.check_code_path(t, &req.code)?;
+        self.check_code_path(t, &req.code, "Code")?;
         let f = self.registry.create(&req)?;
         info!("created function {}", f.spec.name);
         Ok(ok_json(&f.configuration()))
@@ -848,7 +885,7 @@ impl Supervisor {
 
     fn op_update_code(&mut self, t: Token, params: &str) -> Result<String, WireError> {
         let req: protocol::UpdateFunctionCode = parse(params)?;
-        self.check_code_path(t, &req.code)?;
+        self.check_code_path(t, &req.code, "Code")?;
         let f = self.registry.update_code(&req)?;
         let (name, conf) = (f.spec.name.clone(), f.configuration());
         self.retire_function_envs(&name);
@@ -1237,6 +1274,7 @@ impl Supervisor {
             let template = SpecTemplate::new(&SpecInputs {
                 functions_dir: self.registry.functions_dir(),
                 code_dir: &f.code_dir,
+                opt_dir: f.opt_dir.as_deref(),
                 uid: f.uid,
                 gid: f.uid,
                 tmp_mb: spec.ephemeral_mb,
