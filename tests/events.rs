@@ -45,6 +45,24 @@ fn sink(sup: &Supervisor, name: &str) -> PathBuf {
     dir
 }
 
+/// Deploy APP as `name` with a directory sink as its `on` (OnSuccess or
+/// OnFailure) destination; returns the directory.
+fn deploy_with_sink(sup: &Supervisor, name: &str, on: &str) -> PathBuf {
+    deploy(sup, name);
+    sink_for(sup, name, on)
+}
+
+/// A directory sink as the `on` destination of the deployed `name`.
+fn sink_for(sup: &Supervisor, name: &str, on: &str) -> PathBuf {
+    let dir = sink(sup, name);
+    put_config(
+        sup,
+        name,
+        json!({"DestinationConfig": {on: {"Destination": dir.to_str().unwrap()}}}),
+    );
+    dir
+}
+
 fn put_config(sup: &Supervisor, function: &str, extra: Value) {
     let mut params = json!({"FunctionName": function});
     common::merge(&mut params, extra);
@@ -127,13 +145,7 @@ fn a_thousand_events_survive_a_sigkill_mid_delivery() {
         return;
     }
     let mut sup = start();
-    deploy(&sup, "drain");
-    let dir = sink(&sup, "drain");
-    put_config(
-        &sup,
-        "drain",
-        json!({"DestinationConfig": {"OnSuccess": {"Destination": dir.to_str().unwrap()}}}),
-    );
+    let dir = deploy_with_sink(&sup, "drain", "OnSuccess");
     let payloads: Vec<Value> = (0..1000).map(|n| json!({"n": n, "sleep": 0.02})).collect();
     let answers = send_events(&sup, "drain", &payloads, json!({}));
     let ids: Vec<String> = answers.iter().map(accepted_id).collect();
@@ -205,13 +217,7 @@ fn a_failing_function_gets_one_attempt_plus_its_retries_then_one_failure_record(
         return;
     }
     let sup = start();
-    deploy(&sup, "flaky");
-    let dir = sink(&sup, "flaky");
-    put_config(
-        &sup,
-        "flaky",
-        json!({"DestinationConfig": {"OnFailure": {"Destination": dir.to_str().unwrap()}}}),
-    );
+    let dir = deploy_with_sink(&sup, "flaky", "OnFailure");
     let event = json!({"fail": true, "n": 7});
     let id = accepted_id(&send_events(&sup, "flaky", std::slice::from_ref(&event), json!({}))[0]);
     let mut c = Checks::new("retries then on-failure");
@@ -423,13 +429,7 @@ fn a_duplicate_idempotency_key_runs_once_even_across_a_restart() {
         return;
     }
     let mut sup = start();
-    deploy(&sup, "once");
-    let dir = sink(&sup, "once");
-    put_config(
-        &sup,
-        "once",
-        json!({"DestinationConfig": {"OnSuccess": {"Destination": dir.to_str().unwrap()}}}),
-    );
+    let dir = deploy_with_sink(&sup, "once", "OnSuccess");
     let mut c = Checks::new("idempotency");
     // Two at once with the same key (the second arrives while the first is
     // being stored), and one with another key.
@@ -503,13 +503,7 @@ fn an_oversize_event_is_refused_and_nothing_is_queued() {
         return;
     }
     let sup = start();
-    deploy(&sup, "big");
-    let dir = sink(&sup, "big");
-    put_config(
-        &sup,
-        "big",
-        json!({"DestinationConfig": {"OnSuccess": {"Destination": dir.to_str().unwrap()}}}),
-    );
+    let dir = deploy_with_sink(&sup, "big", "OnSuccess");
     let mut c = Checks::new("payload limit");
     // A JSON string of 1 MB + 1 byte, quotes included.
     let too_big = Value::String("x".repeat(1_048_576 - 1));
@@ -565,13 +559,7 @@ fn a_success_record_goes_to_a_destination_function() {
     }
     let sup = start();
     deploy(&sup, "first");
-    deploy(&sup, "second");
-    let dir = sink(&sup, "second");
-    put_config(
-        &sup,
-        "second",
-        json!({"DestinationConfig": {"OnSuccess": {"Destination": dir.to_str().unwrap()}}}),
-    );
+    let dir = deploy_with_sink(&sup, "second", "OnSuccess");
     let arn = sup
         .request("GetFunction", json!({"FunctionName": "second"}))
         .unwrap()["FunctionArn"]
@@ -693,13 +681,7 @@ fn a_flood_for_one_function_does_not_starve_another() {
         "100",
     ]);
     deploy(&sup, "flood");
-    deploy(&sup, "quiet");
-    let dir = sink(&sup, "quiet");
-    put_config(
-        &sup,
-        "quiet",
-        json!({"DestinationConfig": {"OnSuccess": {"Destination": dir.to_str().unwrap()}}}),
-    );
+    let dir = deploy_with_sink(&sup, "quiet", "OnSuccess");
     let flood: Vec<Value> = (0..300).map(|n| json!({"n": n, "sleep": 0.5})).collect();
     for a in send_events(&sup, "flood", &flood, json!({})) {
         accepted_id(&a);
@@ -789,13 +771,7 @@ fn lifting_a_throttle_runs_the_waiting_event_at_once() {
     // Backoffs on a quarter of Lambda's clock: 0.25 s doubling, so after
     // 4 s of throttling the event's next try is 4 s away.
     let sup = Supervisor::start_with(&["--prewarm", "0", "--async-time-scale", "0.25"]);
-    deploy(&sup, "held");
-    let dir = sink(&sup, "held");
-    put_config(
-        &sup,
-        "held",
-        json!({"DestinationConfig": {"OnSuccess": {"Destination": dir.to_str().unwrap()}}}),
-    );
+    let dir = deploy_with_sink(&sup, "held", "OnSuccess");
     sup.request(
         "PutFunctionConcurrency",
         json!({"FunctionName": "held", "ReservedConcurrentExecutions": 0}),

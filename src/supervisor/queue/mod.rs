@@ -167,14 +167,7 @@ impl Queue {
             if e.state != State::Retrying || e.meta.not_before_unix_ms != due {
                 continue; // stale
             }
-            e.state = State::Ready;
-            e.backing_off = false;
-            let q = self
-                .functions
-                .get_mut(&e.meta.function)
-                .expect("an event's function has a queue");
-            q.retrying -= 1;
-            q.ready.push_back(seq);
+            make_ready(&mut self.functions, seq, e);
         }
     }
 
@@ -242,15 +235,8 @@ impl Queue {
             if e.state != State::Retrying || !e.backing_off {
                 continue;
             }
-            e.state = State::Ready;
-            e.backing_off = false;
             e.backoff = BACKOFF_FIRST;
-            let q = self
-                .functions
-                .get_mut(&e.meta.function)
-                .expect("an event's function has a queue");
-            q.retrying -= 1;
-            q.ready.push_back(seq);
+            make_ready(&mut self.functions, seq, e);
             woken += 1;
         }
         // Their heap entries are stale now: promote_due skips them.
@@ -374,6 +360,18 @@ impl Queue {
     pub fn len(&self) -> usize {
         self.events.len()
     }
+}
+
+/// A retrying event `seq` becomes ready, at the back of its function's
+/// queue.
+fn make_ready(functions: &mut BTreeMap<String, FunctionQueue>, seq: u64, e: &mut Entry) {
+    e.state = State::Ready;
+    e.backing_off = false;
+    let q = functions
+        .get_mut(&e.meta.function)
+        .expect("an event's function has a queue");
+    q.retrying -= 1;
+    q.ready.push_back(seq);
 }
 
 /// `d` times `scale`, in whole milliseconds (at least 1).
