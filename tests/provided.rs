@@ -55,6 +55,12 @@ while True:
     if action == "exit":
         print("exiting mid-invoke", flush=True)
         os._exit(7)
+    if action == "text":
+        call("POST", API + f"invocation/{rid}/response", b"plain text, not JSON")
+        continue
+    if action == "empty":
+        call("POST", API + f"invocation/{rid}/response", b"")
+        continue
     if action == "big":
         status, _, body = call("POST", API + f"invocation/{rid}/response", b"[" + b"1," * 3_500_000 + b"1]")
         print("big answered", status, body.decode(), flush=True)
@@ -252,6 +258,18 @@ fn a_bootstrap_reports_function_errors_and_oversized_responses() {
         "errorType",
         r["Payload"]["errorType"].as_str(),
         Some("Function.ResponseSizeTooLarge"),
+    );
+
+    // The wire carries JSON: text is returned as a JSON string, nothing as null.
+    c.eq(
+        "a text response",
+        sup.invoke_ok("errs", json!({"action": "text"})),
+        json!("plain text, not JSON"),
+    );
+    c.eq(
+        "an empty response",
+        sup.invoke_ok("errs", json!({"action": "empty"})),
+        Value::Null,
     );
 
     // The environment lives on: the bootstrap got its 202 and 413 and asked

@@ -227,12 +227,12 @@ def _error_body(body, header_type, request_id):
 def _result_line(body):
     """The worker channel's result line. The channel carries JSON: a body
     that is not JSON goes as a JSON string (docs: Known differences)."""
+    if not body.strip():
+        body = b"null"  # an empty response: no value
     try:
         json.loads(body)
     except ValueError:
         body = json.dumps(body.decode("utf-8", "replace")).encode()
-    if not body.strip():
-        body = b"null"
     return b'{"t":"result","payload":' + body + b"}\n"
 
 
