@@ -408,3 +408,123 @@ fn a_bootstrap_from_a_layer_runs_when_the_code_has_none() {
     );
     c.finish();
 }
+
+/// `pip install --target DIR awslambdaric` with the host's python3 (the
+/// interpreter the sandbox mounts at /var/lang). False if it could not be
+/// installed (no registry) and this is not CI, where that fails the test.
+fn install_awslambdaric(dir: &Path) -> bool {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(["--no-compile", "--target"])
+        .arg(dir)
+        .arg("awslambdaric")
+        .output()
+        .expect("python3 runs");
+    if out.status.success() {
+        return true;
+    }
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "pip install awslambdaric failed in CI: {why}"
+    );
+    eprintln!("skipping: pip install awslambdaric failed: {why}");
+    false
+}
+
+/// The Python handler awslambdaric runs.
+const RIC_APP: &str = r#"
+def handler(event, context):
+    if event.get("fail"):
+        raise ValueError("bad input")
+    return {"echo": event, "request_id": context.aws_request_id,
+            "function_name": context.function_name,
+            "remaining_ms": context.get_remaining_time_in_millis()}
+"#;
+
+/// AWS's own runtime client, started as Lambda's docs show (`python -m
+/// awslambdaric $_HANDLER`), without a shell: the sandbox has none.
+const RIC_BOOTSTRAP: &str = r#"#!/var/lang/bin/python3 -IS
+import os, sys
+sys.path[:0] = ["/var/task", "/var/task/ric"]
+from awslambdaric.__main__ import main
+main(["awslambdaric", os.environ["_HANDLER"]])
+"#;
+
+#[test]
+fn awslambdaric_runs_as_a_custom_runtime() {
+    if !require_root() {
+        return;
+    }
+    let sup = Supervisor::start();
+    let code = sup.write_code("ric", &[("bootstrap", RIC_BOOTSTRAP), ("app.py", RIC_APP)]);
+    make_executable(&code.join("bootstrap"));
+    if !install_awslambdaric(&code.join("ric")) {
+        return;
+    }
+    let mut c = Checks::new("provided: awslambdaric as the runtime client");
+    for (name, handler) in [("ric", "app.handler"), ("ricbad", "missing.handler")] {
+        sup.request(
+            "CreateFunction",
+            json!({"FunctionName": name, "Runtime": "provided.al2023", "Handler": handler,
+                   "Code": {"Path": code.to_str().unwrap()}, "Timeout": 10}),
+        )
+        .unwrap_or_else(|e| panic!("CreateFunction {name}: {e:?}"));
+    }
+
+    let r = sup.invoke("ric", json!({"n": 1}));
+    c.check(
+        r.get("FunctionError").is_none(),
+        format!("no error: {r}\nlogs:\n{}", sup.logs("ric").join("\n")),
+    );
+    let p = &r["Payload"];
+    c.eq("echo", &p["echo"], &json!({"n": 1}));
+    c.eq(
+        "request id",
+        p["request_id"].as_str(),
+        r["RequestId"].as_str(),
+    );
+    c.eq("function name", p["function_name"].as_str(), Some("ric"));
+    c.check(
+        p["remaining_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0 && ms <= 10_000),
+        format!("remaining time {}", p["remaining_ms"]),
+    );
+
+    let r = sup.invoke("ric", json!({"fail": true}));
+    c.eq(
+        "FunctionError",
+        r["FunctionError"].as_str(),
+        Some("Unhandled"),
+    );
+    c.eq(
+        "errorType",
+        r["Payload"]["errorType"].as_str(),
+        Some("ValueError"),
+    );
+    c.eq(
+        "errorMessage",
+        r["Payload"]["errorMessage"].as_str(),
+        Some("bad input"),
+    );
+
+    let r = sup.invoke("ricbad", json!({}));
+    c.eq(
+        "init error: FunctionError",
+        r["FunctionError"].as_str(),
+        Some("Unhandled"),
+    );
+    c.eq(
+        "init error: errorType",
+        r["Payload"]["errorType"].as_str(),
+        Some("Runtime.ImportModuleError"),
+    );
+    c.finish();
+}
