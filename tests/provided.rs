@@ -272,6 +272,14 @@ fn a_bootstrap_reports_function_errors_and_oversized_responses() {
         Value::Null,
     );
 
+    // A 5 MB event goes through /next whole, and back.
+    let big = "x".repeat(5_000_000);
+    let p = sup.invoke_ok("errs", json!({ "big": big }));
+    c.check(
+        p["event"]["big"].as_str() == Some(big.as_str()),
+        "a 5 MB event and response",
+    );
+
     // The environment lives on: the bootstrap got its 202 and 413 and asked
     // for more.
     let ok = sup.invoke_ok("errs", json!({"n": 1}));

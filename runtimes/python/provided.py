@@ -289,20 +289,26 @@ def main(rt, worker_fd):
         events.put(("exit", child.wait()))
 
     def read_channel():
-        buf = b""
+        parts = []  # the start of a line whose end has not arrived yet
         while True:
             chunk = sock.recv(65536)
             if not chunk:
                 events.put(("closed",))
                 return
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
+            start = 0
+            end = chunk.find(b"\n")
+            while end >= 0:
+                parts.append(chunk[start:end])
+                line, parts = b"".join(parts), []
                 try:
                     msg = json.loads(line)
                 except ValueError:
                     msg = line[:200]  # refused by the main thread
                 events.put(("invoke", msg))
+                start = end + 1
+                end = chunk.find(b"\n", start)
+            if start < len(chunk):
+                parts.append(chunk[start:])
 
     threading.Thread(target=wait_child, name="bootstrap-wait", daemon=True).start()
 
