@@ -176,21 +176,33 @@ pub enum Runtime {
     /// The host's Python 3 interpreter, forked from a zygote.
     #[serde(rename = "python3")]
     Python3,
+    /// A custom runtime: the function's executable `bootstrap`, served
+    /// Lambda's Runtime API inside the environment.
+    #[serde(rename = "provided")]
+    Provided,
 }
 
 impl Runtime {
-    pub const ALL: &'static [Runtime] = &[Runtime::Python3];
+    pub const ALL: &'static [Runtime] = &[Runtime::Python3, Runtime::Provided];
+
+    /// Lambda's names for the OS-only runtimes, taken as `provided`: the
+    /// environment's userland is this host's either way.
+    const PROVIDED_ALIASES: &'static [&'static str] = &["provided.al2", "provided.al2023"];
 
     /// The name on the wire (`Runtime` in CreateFunction).
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Python3 => "python3",
+            Runtime::Provided => "provided",
         }
     }
 
-    /// Only the exact wire names are accepted: "python3.12" would promise a
-    /// version the host may not have.
+    /// Only the exact wire names (and `provided`'s aliases) are accepted:
+    /// "python3.12" would promise a version the host may not have.
     pub fn parse(value: &str) -> Result<Runtime, ConfigError> {
+        if Runtime::PROVIDED_ALIASES.contains(&value) {
+            return Ok(Runtime::Provided);
+        }
         Runtime::ALL
             .iter()
             .copied()
@@ -204,6 +216,7 @@ impl Runtime {
         Runtime::ALL
             .iter()
             .map(|r| r.as_str())
+            .chain(Runtime::PROVIDED_ALIASES.iter().copied())
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -449,6 +462,9 @@ fn check_name(name: &str) -> Result<(), ConfigError> {
 /// Python: `path/to/module.function` or `package.module.function`; the last dot
 /// separates the function, the rest is the module (dots and '/' are the runtime's
 /// business). The module path must stay under /var/task: no leading '/', no `..`.
+///
+/// `provided`: free text, passed to the bootstrap as `_HANDLER` (Lambda does
+/// not interpret it either).
 fn check_handler(runtime: Runtime, handler: &str) -> Result<(), ConfigError> {
     let err = |reason| ConfigError::Handler {
         value: handler.to_owned(),
@@ -482,6 +498,7 @@ fn check_handler(runtime: Runtime, handler: &str) -> Result<(), ConfigError> {
             }
             Ok(())
         }
+        Runtime::Provided => Ok(()),
     }
 }
 
@@ -664,6 +681,20 @@ mod tests {
             serde_json::to_string(&Runtime::Python3).unwrap(),
             "\"python3\""
         );
+        for name in ["provided", "provided.al2", "provided.al2023"] {
+            let mut req = create("f");
+            req.runtime = name.to_owned();
+            req.handler = "not.interpreted/by:lambdalet".into();
+            let spec = FunctionSpec::from_create(&req).unwrap();
+            assert_eq!(spec.runtime, Runtime::Provided);
+            assert_eq!(spec.runtime.as_str(), "provided");
+        }
+        // The handler is the bootstrap's business, but Lambda's own rule
+        // (no whitespace) still holds.
+        let mut req = create("f");
+        req.runtime = "provided".into();
+        req.handler = "not a handler".into();
+        assert!(FunctionSpec::from_create(&req).is_err());
     }
 
     #[test]

@@ -329,7 +329,7 @@ _original_paths = []
 class Runtime:
     """A checked `runtime` section, with what B needs computed in advance."""
 
-    __slots__ = ("handler", "env", "prefix_host", "prefix_sandbox", "sys_attrs", "sys_path",
+    __slots__ = ("kind", "handler", "env", "prefix_host", "prefix_sandbox", "sys_attrs", "sys_path",
                  "function_name", "function_version", "invoked_function_arn",
                  "log_group_name", "log_stream_name", "memory_limit_in_mb")
 
@@ -430,7 +430,14 @@ def prepare(runtime):
         raise ValueError(f"runtime.python_prefix_*: {host} -> {sandbox} is not the pair the zygote relocated for ({_relocated})")
     host = _relocated[0]
 
+    # python3 (this module's main) or provided (provided.main: the
+    # function's own bootstrap, over the Runtime API).
+    kind = runtime.get("kind", "python3")
+    if kind not in ("python3", "provided"):
+        raise ValueError(f"runtime.kind: expected python3 or provided, got {kind!r}")
+
     rt = Runtime()
+    rt.kind = kind
     rt.handler, rt.env, rt.prefix_host, rt.prefix_sandbox = runtime["handler"], env, host, sandbox
     for key in ("function_name", "function_version", "invoked_function_arn", "log_group_name", "log_stream_name"):
         setattr(rt, key, runtime.get(key))

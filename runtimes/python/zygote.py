@@ -2,7 +2,7 @@
 
 Started by the supervisor as ``PYTHON -I -B zygote.py`` with an AF_UNIX
 SOCK_SEQPACKET channel on fd 3 (LAMBDALET_ZYGOTE_FD). It imports the runtime
-(sandbox, bootstrap) and the standard modules functions commonly use, never
+(sandbox, bootstrap, provided) and the standard modules functions commonly use, never
 user code, freezes its heap, says hello, and then forks one child per spawn
 request:
 
@@ -10,6 +10,7 @@ request:
                        A: _exit(0)          B: sandbox.enter_blank, says "blank",
                                                waits for "specialize": sandbox.specialize,
                                                bootstrap.prepare, bootstrap.main
+                                               (provided.main for a custom runtime)
 
 The zygote stays single-threaded (fork(2) copies only the calling thread), is
 not a child subreaper (B goes to the supervisor when A exits), reaps A on
@@ -67,6 +68,7 @@ def _load(name, filename):
 
 sandbox = _load("_lambdalet_sandbox", "sandbox.py")
 bootstrap = _load("_lambdalet_bootstrap", "bootstrap.py")
+provided = _load("_lambdalet_provided", "provided.py")
 for _name in PRELOAD:
     importlib.import_module(_name)
 # Site .pth files may have imported third-party packages (certifi, say).
@@ -213,7 +215,10 @@ class Zygote:
                 print(f"lambdalet: sandbox: bad specialisation: {e}", file=sys.stderr, flush=True)
                 os._exit(sandbox.EXIT_SANDBOX_FAILED)
             sandbox.specialize(spec)
-            bootstrap.main(runtime, worker_fd)
+            if runtime.kind == "provided":
+                provided.main(runtime, worker_fd)
+            else:
+                bootstrap.main(runtime, worker_fd)
         except SystemExit as e:
             code = e.code if type(e.code) is int else (0 if e.code is None else 1)
             if e.code is not None and type(e.code) is not int:

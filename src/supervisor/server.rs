@@ -27,7 +27,7 @@ use super::queue::store::Store;
 use super::queue::Queue;
 use super::zygote::{self, Zygote, ZygoteReport};
 use super::ServeOptions;
-use crate::config::FunctionSpec;
+use crate::config::{FunctionSpec, Runtime};
 use crate::metrics::{self, Metrics};
 use crate::protocol::{
     self, op, ErrorKind, FunctionList, InvocationType, InvokeResult, LogLines, LogType,
@@ -2431,6 +2431,11 @@ fn specialize_line(
     Ok(v)
 }
 
+/// Where a custom runtime's bootstrap finds the Runtime API
+/// (`AWS_LAMBDA_RUNTIME_API`, as on Lambda): its own loopback, since each
+/// environment has its own network namespace.
+const RUNTIME_API_ADDRESS: &str = "127.0.0.1:9001";
+
 /// The runtime section of a spawn request (docs/architecture.md § runtime):
 /// the handler and the environment variables Lambda defines.
 fn runtime_section(spec: &FunctionSpec, python: &HostPython, init: InitType) -> Box<RawValue> {
@@ -2447,37 +2452,59 @@ fn runtime_section(spec: &FunctionSpec, python: &HostPython, init: InitType) -> 
         .take(2)
         .collect::<Vec<_>>()
         .join(".");
-    let reserved = [
+    let provided = spec.runtime == Runtime::Provided;
+    let mut reserved = vec![
         ("AWS_LAMBDA_FUNCTION_NAME", name.clone()),
-        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string()),
+        (
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            spec.memory_mb.to_string(),
+        ),
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_string()),
         ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}")),
         ("AWS_LAMBDA_LOG_STREAM_NAME", log_stream.clone()),
         ("AWS_LAMBDA_INITIALIZATION_TYPE", init.as_str().to_string()),
         ("AWS_REGION", "us-east-1".to_string()),
         ("AWS_DEFAULT_REGION", "us-east-1".to_string()),
-        ("AWS_EXECUTION_ENV", format!("AWS_Lambda_python{major_minor}")),
         ("LAMBDA_TASK_ROOT", "/var/task".to_string()),
         ("LAMBDA_RUNTIME_DIR", "/var/runtime".to_string()),
         ("_HANDLER", spec.handler.clone()),
         ("TZ", ":UTC".to_string()),
         ("LANG", "en_US.UTF-8".to_string()),
-        (
-            "PATH",
-            "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_string(),
-        ),
-        (
-            "LD_LIBRARY_PATH",
-            "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
-                .to_string(),
-        ),
-        ("PYTHONPATH", "/var/runtime".to_string()),
         ("HOME", "/tmp".to_string()),
     ];
+    if provided {
+        // As on provided.al2023: no AWS_EXECUTION_ENV, no language paths;
+        // the Runtime API's address (the runtime may move it off 9001 if
+        // that port is taken, on the host's network).
+        reserved.extend([
+            ("AWS_LAMBDA_RUNTIME_API", RUNTIME_API_ADDRESS.to_string()),
+            ("PATH", "/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_string()),
+            (
+                "LD_LIBRARY_PATH",
+                "/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
+                    .to_string(),
+            ),
+        ]);
+    } else {
+        reserved.extend([
+            ("AWS_EXECUTION_ENV", format!("AWS_Lambda_python{major_minor}")),
+            (
+                "PATH",
+                "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_string(),
+            ),
+            (
+                "LD_LIBRARY_PATH",
+                "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
+                    .to_string(),
+            ),
+            ("PYTHONPATH", "/var/runtime".to_string()),
+        ]);
+    }
     for (k, v) in reserved {
         env.insert(k.to_string(), v);
     }
     let v = serde_json::json!({
+        "kind": spec.runtime.as_str(),
         "handler": spec.handler,
         "env": env,
         "python_prefix_host": python.base_prefix,

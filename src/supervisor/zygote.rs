@@ -30,6 +30,10 @@ const PYTHON_RUNTIME: &[(&str, &str)] = &[
         "bootstrap.py",
         include_str!("../../runtimes/python/bootstrap.py"),
     ),
+    (
+        "provided.py",
+        include_str!("../../runtimes/python/provided.py"),
+    ),
 ];
 
 /// The zygote's end of the channel is this fd in the zygote.
