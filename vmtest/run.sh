@@ -15,7 +15,7 @@
 #   VMTEST_KERNEL_PKG   the Debian kernel package (default: the pin below)
 #   VMTEST_CACHE        default /var/cache/lambdalet-vmtest
 #   VMTEST_OUT          default ${CARGO_TARGET_DIR:-target}/vmtest
-#   VMTEST_TIMEOUT      seconds per boot before qemu is killed (default 300)
+#   VMTEST_TIMEOUT      seconds per boot before qemu is killed (default 600)
 #   VMTEST_CGROUP_OPTS  cgroup2 mount options in the guest
 #                       (default nsdelegate,memory_recursiveprot: systemd's)
 #   VMTEST_SKIP_NEGATIVE=1  skip the second (negative control) boot
@@ -32,7 +32,7 @@ CACHE=${VMTEST_CACHE:-/var/cache/lambdalet-vmtest}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 OUT=${VMTEST_OUT:-$TARGET/vmtest}
 BIN=${LAMBDALET_BIN:-$TARGET/release/lambdalet}
-TIMEOUT=${VMTEST_TIMEOUT:-300}
+TIMEOUT=${VMTEST_TIMEOUT:-600}
 CGROUP_OPTS=${VMTEST_CGROUP_OPTS:-nsdelegate,memory_recursiveprot}
 # Modules the guest needs to mount the host's root over virtio-9p; their
 # dependencies are added from the modules' own `depends=` (see kernel_modules).
