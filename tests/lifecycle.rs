@@ -1212,10 +1212,10 @@ fn cold_starts_take_a_blank_made_ahead_of_time_and_the_pool_refills() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let blanks = wait_for(2);
-    c.eq("blank environments made at start", blanks.len(), 2);
     // Wait until both finished their set-up (they say "blank" then, and
-    // the metrics count them as ready blanks).
+    // the metrics count them as ready blanks), and only then take their
+    // pids: while the second is made, its short-lived parent can be the
+    // second process in the cgroups.
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         let m = sup.request("GetMetrics", json!({})).unwrap_or_default();
@@ -1224,6 +1224,8 @@ fn cold_starts_take_a_blank_made_ahead_of_time_and_the_pool_refills() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let blanks = wait_for(2);
+    c.eq("blank environments made at start", blanks.len(), 2);
     sup.create_python("pooled", &[("app.py", APP)], "app.handler", json!({}));
     let r = sup.invoke_ok("pooled", json!({}));
     let uid = r["uid"].as_u64().unwrap_or(0) as u32;
