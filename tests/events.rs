@@ -682,7 +682,9 @@ fn a_flood_for_one_function_does_not_starve_another() {
     ]);
     deploy(&sup, "flood");
     let dir = deploy_with_sink(&sup, "quiet", "OnSuccess");
-    let flood: Vec<Value> = (0..300).map(|n| json!({"n": n, "sleep": 0.5})).collect();
+    // 300 s of work at 25 at a time: at least 12 s to drain, far longer
+    // than the quiet function's cold start even on a loaded host.
+    let flood: Vec<Value> = (0..300).map(|n| json!({"n": n, "sleep": 1.0})).collect();
     for a in send_events(&sup, "flood", &flood, json!({})) {
         accepted_id(&a);
     }
