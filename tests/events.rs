@@ -130,6 +130,18 @@ fn queue(sup: &Supervisor, function: &str) -> Value {
         .unwrap_or_else(|e| panic!("GetEventQueue {function}: {e:?}"))
 }
 
+/// A record's requestContext: which event, why, after how many attempts.
+fn check_context(c: &mut Checks, record: &Value, id: &str, condition: &str, invoke_count: u64) {
+    let ctx = &record["requestContext"];
+    c.eq("requestId", ctx["requestId"].clone(), json!(id));
+    c.eq("condition", ctx["condition"].clone(), json!(condition));
+    c.eq(
+        "approximateInvokeCount",
+        ctx["approximateInvokeCount"].clone(),
+        json!(invoke_count),
+    );
+}
+
 /// START lines of `request_id` in the function's log.
 fn attempts(sup: &Supervisor, function: &str, request_id: &str) -> usize {
     let start = format!("START RequestId: {request_id} ");
@@ -242,21 +254,7 @@ fn a_failing_function_gets_one_attempt_plus_its_retries_then_one_failure_record(
         name,
     );
     c.eq("version", r["version"].clone(), json!("1.0"));
-    c.eq(
-        "requestId",
-        r["requestContext"]["requestId"].clone(),
-        json!(id),
-    );
-    c.eq(
-        "condition",
-        r["requestContext"]["condition"].clone(),
-        json!("RetriesExhausted"),
-    );
-    c.eq(
-        "approximateInvokeCount",
-        r["requestContext"]["approximateInvokeCount"].clone(),
-        json!(3),
-    );
+    check_context(&mut c, r, &id, "RetriesExhausted", 3);
     c.check(
         r["requestContext"]["functionArn"]
             .as_str()
@@ -372,21 +370,7 @@ fn an_event_past_its_maximum_age_goes_to_on_failure() {
         .find(|r| r["requestContext"]["requestId"] == json!(id));
     c.check(mine.is_some(), "a record of the first event");
     if let Some(r) = mine {
-        c.eq(
-            "requestId",
-            r["requestContext"]["requestId"].clone(),
-            json!(id),
-        );
-        c.eq(
-            "condition",
-            r["requestContext"]["condition"].clone(),
-            json!("EventAgeExceeded"),
-        );
-        c.eq(
-            "approximateInvokeCount",
-            r["requestContext"]["approximateInvokeCount"].clone(),
-            json!(0),
-        );
+        check_context(&mut c, r, &id, "EventAgeExceeded", 0);
         c.check(
             r.get("responseContext").is_none(),
             "no response: it never ran",
