@@ -88,19 +88,25 @@ fn make_executable(path: &Path) {
 
 /// Deploy a `provided` function whose code is BOOTSTRAP (as `bootstrap`).
 fn create(sup: &Supervisor, name: &str, runtime: &str, env: Value) -> Value {
+    create_with(sup, name, runtime, env, json!({}))
+}
+
+/// `create` with more CreateFunction fields (MemorySize, Timeout…).
+fn create_with(sup: &Supervisor, name: &str, runtime: &str, env: Value, extra: Value) -> Value {
     let code = sup.write_code(name, &[("bootstrap", BOOTSTRAP)]);
     make_executable(&code.join("bootstrap"));
-    sup.request(
-        "CreateFunction",
-        json!({
-            "FunctionName": name,
-            "Runtime": runtime,
-            "Handler": "my.custom-handler",
-            "Code": {"Path": code.to_str().unwrap()},
-            "Environment": {"Variables": env},
-        }),
-    )
-    .unwrap_or_else(|e| panic!("CreateFunction {name}: {e:?}\n{}", sup.stderr()))
+    let mut req = json!({
+        "FunctionName": name,
+        "Runtime": runtime,
+        "Handler": "my.custom-handler",
+        "Code": {"Path": code.to_str().unwrap()},
+        "Environment": {"Variables": env},
+    });
+    for (k, v) in extra.as_object().expect("extra fields are an object") {
+        req[k] = v.clone();
+    }
+    sup.request("CreateFunction", req)
+        .unwrap_or_else(|e| panic!("CreateFunction {name}: {e:?}\n{}", sup.stderr()))
 }
 
 #[test]
@@ -223,7 +229,16 @@ fn a_bootstrap_reports_function_errors_and_oversized_responses() {
         return;
     }
     let sup = Supervisor::start();
-    create(&sup, "errs", "provided", json!({}));
+    // A whole vCPU and room to spare: at 128 MB the environment gets 7% of a
+    // CPU, and copying 5 MB through two Python processes then takes seconds
+    // on a loaded host.
+    create_with(
+        &sup,
+        "errs",
+        "provided",
+        json!({}),
+        json!({"MemorySize": 1769, "Timeout": 30}),
+    );
     let mut c = Checks::new("provided: /error and a response over 6 MB");
 
     let r = sup.invoke("errs", json!({"action": "error"}));
