@@ -85,6 +85,9 @@ pub struct Env {
     pub phase_started: Instant,
     /// The function a blank was made for (an invoke is waiting for it).
     pub reserved_for: Option<String>,
+    /// For a blank made for a container image function: the code revision
+    /// whose root it is pivoted into (server/image.rs); it serves only that.
+    pub image_root: Option<u64>,
     /// Set when the environment became ready; reported by its first invoke.
     pub init_duration: Option<Duration>,
     /// Initialised ahead of time for provisioned concurrency: kept warm (never
@@ -150,6 +153,7 @@ impl Env {
             spawned_at: Instant::now(),
             phase_started: Instant::now(),
             reserved_for: n.reserved_for,
+            image_root: None,
             init_duration: None,
             provisioned: false,
             zygote_generation: n.zygote_generation,

@@ -162,6 +162,8 @@ pub struct Supervisor {
     /// How blanks are made, and the runtime section of their spawn request.
     blank_template: BlankTemplate,
     blank_runtime: Box<RawValue>,
+    /// What container image functions' blanks are made of (server/image.rs).
+    image_host: image::ImageHost,
     /// Blanks ready to be specialised, and no blank is made before this
     /// instant (after one failed, so a broken host does not spin).
     blanks: Vec<u64>,
@@ -204,6 +206,7 @@ macro_rules! info {
 
 mod capacity;
 mod events;
+mod image;
 
 impl Supervisor {
     pub fn new(opts: ServeOptions) -> Result<Supervisor, Box<dyn std::error::Error>> {
@@ -334,6 +337,11 @@ impl Supervisor {
             zygote_generation: 0,
             blank_template,
             blank_runtime,
+            image_host: image::ImageHost {
+                new_root: rootfs_dir,
+                host: host_layout,
+                cap_last_cap,
+            },
             blanks: Vec::new(),
             blank_backoff_until: Instant::now(),
             conns: HashMap::new(),
@@ -859,6 +867,11 @@ impl Supervisor {
         field: &str,
     ) -> Result<(), WireError> {
         let uid = self.conns.get(&t).map_or(u32::MAX, |c| c.peer_uid);
+        if code.image_uri.is_some() && uid != 0 {
+            return Err(WireError::invalid(format!(
+                "{field}.ImageUri names an image layout on the supervisor's host and is accepted from root clients only (this client is uid {uid})"
+            )));
+        }
         if code.path.is_some() && uid != 0 {
             return Err(WireError::invalid(format!(
                 "{field}.Path names a file on the supervisor's host and is accepted from root clients only (this client is uid {uid}); send the package as {field}.ZipFile"
@@ -1068,7 +1081,7 @@ impl Supervisor {
                 self.starved.insert(function.to_string());
                 break;
             }
-            let started = match self.blanks.pop() {
+            let started = match self.take_pooled_blank(function) {
                 Some(blank) => self
                     .specialize(blank, function, false)
                     .inspect_err(|_| self.destroy_env(blank, EndReason::Failed)),
@@ -1211,8 +1224,15 @@ impl Supervisor {
         // Only our end is non-blocking: the function's stdout stays blocking.
         zygote::set_nonblocking(log_r.as_raw_fd())?;
 
-        let plan = self.blank_template.for_env(&env_id, cgroup.procs_files());
-        let message = spawn_message(&env_id, &plan, &self.blank_runtime)?;
+        let (plan, runtime, image_root) =
+            match self.blank_request(reserved_for.as_deref(), &env_id, cgroup.procs_files()) {
+                Ok(request) => request,
+                Err(e) => {
+                    let _ = cgroup.remove();
+                    return Err(e);
+                }
+            };
+        let message = spawn_message(&env_id, &plan, &runtime)?;
         let Some(zygote) = self.zygote.as_mut() else {
             let _ = cgroup.remove();
             return Err("the python zygote is not running".into());
@@ -1239,6 +1259,7 @@ impl Supervisor {
             zygote_generation: generation,
             reserved_for,
         });
+        env.image_root = image_root;
         self.poll
             .registry()
             .register(&mut env.worker, worker_token, Interest::READABLE)?;
@@ -1271,24 +1292,33 @@ impl Supervisor {
             .as_ref()
             .is_none_or(|(rev, _)| *rev != revision_id)
         {
-            let template = SpecTemplate::new(&SpecInputs {
-                functions_dir: self.registry.functions_dir(),
-                code_dir: &f.code_dir,
-                opt_dir: f.opt_dir.as_deref(),
-                uid: f.uid,
-                gid: f.uid,
-                tmp_mb: spec.ephemeral_mb,
-                seccomp_bpf: &self.seccomp_bpf,
-            })?;
+            let template = if f.spec.image.is_some() {
+                self.image_spec_template(f)?
+            } else {
+                SpecTemplate::new(&SpecInputs {
+                    functions_dir: self.registry.functions_dir(),
+                    code_dir: &f.code_dir,
+                    opt_dir: f.opt_dir.as_deref(),
+                    uid: f.uid,
+                    gid: f.uid,
+                    tmp_mb: spec.ephemeral_mb,
+                    seccomp_bpf: &self.seccomp_bpf,
+                })?
+            };
+            let pool = self.pools.entry(function.to_string()).or_default();
             pool.template = Some((revision_id.clone(), template));
         }
+        let pool = self.pools.get(function).expect("made above");
         let (_, template) = pool.template.as_ref().expect("just set");
         let init = if provisioned {
             InitType::Provisioned
         } else {
             InitType::OnDemand
         };
-        let runtime = runtime_section(&spec, &self.python, init);
+        let mut runtime = runtime_section(&spec, &self.python, init);
+        if spec.image.is_some() {
+            runtime = image::image_runtime(&runtime, f)?;
+        }
         let line = specialize_line(template.plan(), &runtime)?;
         let limits = Limits::for_function(spec.memory_mb, self.host_cpus);
         let env = self.envs.get_mut(&id).ok_or("the blank vanished")?;
@@ -1464,6 +1494,12 @@ impl Supervisor {
         };
         match (msg.t, &env.state) {
             ("blank", EnvState::Blank { ready: false }) => {
+                if self.image_blank_ready(id) {
+                    return;
+                }
+                let Some(env) = self.envs.get_mut(&id) else {
+                    return;
+                };
                 let reserved = env.reserved_for.clone();
                 let provisioned = env.provisioned;
                 match reserved {

@@ -291,7 +291,7 @@ impl Supervisor {
             if self.starting_count() >= self.max_starting() {
                 break;
             }
-            let started = match self.blanks.pop() {
+            let started = match self.take_pooled_blank(function) {
                 Some(blank) => self
                     .specialize(blank, function, true)
                     .inspect_err(|_| self.destroy_env(blank, EndReason::Failed)),
