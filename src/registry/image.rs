@@ -622,10 +622,9 @@ impl Layout {
         let mut seen = HashSet::new();
         let applied = if gzip {
             let mut decoder = GzDecoder::new(&mut hashing);
-            unpacker
-                .layer(index, &digest, &mut decoder, &mut seen)
-                .and_then(|()| io::copy(&mut decoder, &mut io::sink()).map_err(tar_err))
-                .map(drop)
+            // Nothing past the tar's end is decompressed: a gzip stream may
+            // go on for terabytes. Its compressed bytes are hashed below.
+            unpacker.layer(index, &digest, &mut decoder, &mut seen)
         } else {
             unpacker.layer(index, &digest, &mut hashing, &mut seen)
         };
@@ -759,15 +758,17 @@ impl Unpacker<'_> {
                 continue; // the layer's root itself: "./"
             };
             let file_name = rel.file_name().expect("normal last component").to_owned();
-            let parent = self
-                .resolve_dir(rel.parent().unwrap_or(Path::new("")), seen)
-                .map_err(&fail)?;
+            let parent_rel = rel.parent().unwrap_or(Path::new(""));
             let fname = file_name.to_string_lossy();
-            if fname == OPAQUE_WHITEOUT {
-                opaque.push(parent);
-                continue;
-            }
             if let Some(hidden) = fname.strip_prefix(WHITEOUT_PREFIX) {
+                // A whiteout in a directory no layer made hides nothing.
+                let Some(parent) = self.resolve_dir(parent_rel, seen, false).map_err(&fail)? else {
+                    continue;
+                };
+                if fname == OPAQUE_WHITEOUT {
+                    opaque.push(parent);
+                    continue;
+                }
                 if hidden.is_empty() || hidden == "." || hidden == ".." {
                     return Err(fail("a whiteout must name an entry".into()));
                 }
@@ -777,6 +778,10 @@ impl Unpacker<'_> {
                 }
                 continue;
             }
+            let parent = self
+                .resolve_dir(parent_rel, seen, true)
+                .map_err(&fail)?
+                .expect("created when missing");
             let rel = parent.join(&file_name);
             let path = self.root.join(&rel);
             let kind = entry.header().entry_type();
@@ -815,8 +820,14 @@ impl Unpacker<'_> {
                         .map_err(|r| fail(format!("hard link target: {r}")))?
                         .ok_or_else(|| fail("a hard link to the root".into()))?;
                     let target_parent = self
-                        .resolve_dir(target_rel.parent().unwrap_or(Path::new("")), seen)
-                        .map_err(|r| fail(format!("hard link target: {r}")))?;
+                        .resolve_dir(target_rel.parent().unwrap_or(Path::new("")), seen, false)
+                        .map_err(|r| fail(format!("hard link target: {r}")))?
+                        .ok_or_else(|| {
+                            fail(format!(
+                                "hard link to {:?}, whose directory is not in the image",
+                                String::from_utf8_lossy(&target)
+                            ))
+                        })?;
                     let source = self
                         .root
                         .join(target_parent)
@@ -845,7 +856,15 @@ impl Unpacker<'_> {
                     )))
                 }
             }
-            seen.insert(rel);
+            // With its directories: an opaque whiteout of an ancestor
+            // spares the path to what this layer wrote.
+            let mut at = Some(rel.as_path());
+            while let Some(p) = at.filter(|p| !p.as_os_str().is_empty()) {
+                if !seen.insert(p.to_owned()) {
+                    break;
+                }
+                at = p.parent();
+            }
         }
         for dir in opaque {
             self.clear_lower(&dir, seen)?;
@@ -880,10 +899,16 @@ impl Unpacker<'_> {
 
     /// Resolves directory `rel` inside the rootfs the way the kernel would
     /// with the rootfs as `/`: through symlinks (absolute targets from the
-    /// rootfs), creating missing directories (0755). Returns the real path,
-    /// relative to the rootfs. A relative link that climbs above the root,
-    /// or a component that is a file, is an error.
-    fn resolve_dir(&self, rel: &Path, seen: &mut HashSet<PathBuf>) -> Result<PathBuf, String> {
+    /// rootfs), creating missing directories (0755) if `create`, else
+    /// answering None for a missing one. Returns the real path, relative to
+    /// the rootfs. A relative link that climbs above the root, or a
+    /// component that is a file, is an error.
+    fn resolve_dir(
+        &self,
+        rel: &Path,
+        seen: &mut HashSet<PathBuf>,
+        create: bool,
+    ) -> Result<Option<PathBuf>, String> {
         let mut at: Vec<OsString> = Vec::new();
         let mut pending: VecDeque<OsString> = rel.iter().map(OsStr::to_owned).collect();
         let mut hops = 0;
@@ -924,6 +949,7 @@ impl Unpacker<'_> {
                         "its parent {here_rel:?} is not a directory in the image"
                     ))
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     make_dir(&here).map_err(|e| e.to_string())?;
                     seen.insert(here_rel);
@@ -931,7 +957,7 @@ impl Unpacker<'_> {
                 Err(e) => return Err(e.to_string()),
             }
         }
-        Ok(at.iter().collect())
+        Ok(Some(at.iter().collect()))
     }
 
     fn file(
@@ -1106,3 +1132,6 @@ pub fn env_pairs(env: &[String]) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
