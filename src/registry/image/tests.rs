@@ -3,7 +3,6 @@
 
 use super::*;
 use serde_json::{json, Value};
-use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 
 enum E<'a> {
