@@ -447,6 +447,29 @@ fn an_image_function_serves_invokes_from_its_own_root() {
         Some("second image"),
     );
     c.eq("its cwd", p["cwd"].as_str(), Some("/srv"));
+
+    // A restarted supervisor reads the image's settings back from the state dir.
+    let mut sup = sup;
+    sup.restart();
+    let p = invoke_ok(&sup, "img", json!("after restart"));
+    c.eq("argv after a restart", &p["argv"], &json!(["/srv/app"]));
+    let got = sup
+        .request("GetFunction", json!({"FunctionName": "img-cli"}))
+        .unwrap_or_else(|e| panic!("GetFunction: {e:?}"));
+    c.eq(
+        "GetFunction's PackageType",
+        got["Configuration"]["PackageType"]
+            .as_str()
+            .or(got["PackageType"].as_str()),
+        Some("Image"),
+    );
+    // Deleting the function removes its unpacked images.
+    sup.request("DeleteFunction", json!({"FunctionName": "img"}))
+        .unwrap_or_else(|e| panic!("DeleteFunction: {e:?}"));
+    c.check(
+        !sup.code_revisions_dir("img").exists(),
+        "the deleted function's rootfs revisions are gone",
+    );
     c.finish();
 }
 
