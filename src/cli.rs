@@ -404,6 +404,10 @@ pub struct UpdateFunctionConfigurationArgs {
     /// Remove every layer.
     #[arg(long, conflicts_with = "layers")]
     pub clear_layers: bool,
+    /// An image function's ImageConfig as JSON, replacing the current one
+    /// (`{}` clears it).
+    #[arg(long, value_name = "JSON")]
+    pub image_config: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -630,17 +634,7 @@ fn action(cli: Cli) -> Result<Action, CliError> {
     let (request, output) = match cli.command {
         Command::Serve(args) => return Ok(Action::Serve(serve_options(args, socket))),
         Command::CreateFunction(args) => {
-            let image_config = args
-                .image_config
-                .as_deref()
-                .map(|text| {
-                    serde_json::from_str::<protocol::ImageConfig>(text).map_err(|e| {
-                        CliError::Usage(format!(
-                            "--image-config: {e} (expected {{\"EntryPoint\":[…],\"Command\":[…],\"WorkingDirectory\":\"/…\"}})"
-                        ))
-                    })
-                })
-                .transpose()?;
+            let image_config = image_config_arg(args.image_config.as_deref())?;
             let params = protocol::CreateFunction {
                 function_name: args.name,
                 runtime: args.runtime.unwrap_or_default(),
@@ -691,6 +685,7 @@ fn action(cli: Cli) -> Result<Action, CliError> {
                 } else {
                     (!args.layers.is_empty()).then_some(args.layers)
                 },
+                image_config: image_config_arg(args.image_config.as_deref())?,
             };
             (
                 Request::new(op::UPDATE_FUNCTION_CONFIGURATION, &params),
@@ -1019,6 +1014,18 @@ fn function_code(source: &CodeSource) -> Result<FunctionCode, CliError> {
         path: None,
         image_uri: None,
     })
+}
+
+/// `--image-config JSON`: Lambda's ImageConfig.
+fn image_config_arg(text: Option<&str>) -> Result<Option<protocol::ImageConfig>, CliError> {
+    text.map(|text| {
+        serde_json::from_str(text).map_err(|e| {
+            CliError::Usage(format!(
+                "--image-config: {e} (expected {{\"EntryPoint\":[…],\"Command\":[…],\"WorkingDirectory\":\"/…\"}})"
+            ))
+        })
+    })
+    .transpose()
 }
 
 /// `--image DIR[:TAG]` as an ImageUri: the directory made absolute (the

@@ -289,9 +289,7 @@ impl FunctionSpec {
     /// The request's FunctionName selects the function; it is not checked here.
     pub fn updated(&self, req: &UpdateFunctionConfiguration) -> Result<FunctionSpec, ConfigError> {
         let mut next = self.clone();
-        if next.image.is_some() {
-            ImageSpec::check_update(req)?;
-        }
+        ImageSpec::update(&mut next.image, req)?;
         if let Some(runtime) = &req.runtime {
             next.runtime = Runtime::parse(runtime)?;
         }

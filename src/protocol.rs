@@ -174,7 +174,7 @@ pub mod op {
 }
 
 /// Where a function's code comes from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionCode {
     /// A .zip archive, base64-encoded (as in Lambda's API).
@@ -290,6 +290,9 @@ pub struct UpdateFunctionConfiguration {
     /// Replaces the whole list of layers (`[]` removes them all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<String>>,
+    /// An image function's ImageConfig, replaced whole (`{}` clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_config: Option<ImageConfig>,
 }
 
 /// Parameters of GetFunction and DeleteFunction.

@@ -414,6 +414,40 @@ fn an_image_function_serves_invokes_from_its_own_root() {
         p["env"]["_HANDLER"].as_str(),
         Some("from-override"),
     );
+    // UpdateFunctionConfiguration replaces the ImageConfig (the CLI's too).
+    let run = cli(
+        &sup.socket,
+        &[
+            "update-function-configuration",
+            "img-cli",
+            "--image-config",
+            r#"{"EntryPoint":["/app/bootstrap","new-entrypoint"]}"#,
+        ],
+    );
+    c.eq("update-function-configuration exit", run.code, Some(0));
+    let p = invoke_ok(&sup, "img-cli", json!({}));
+    c.eq(
+        "argv with EntryPoint overridden (and so no Cmd)",
+        &p["argv"],
+        &json!(["/app/bootstrap", "new-entrypoint"]),
+    );
+    c.eq(
+        "cwd back to the image's",
+        p["cwd"].as_str(),
+        Some("/app/data"),
+    );
+    match sup.request(
+        "UpdateFunctionConfiguration",
+        json!({"FunctionName": "img-cli", "Handler": "x.y"}),
+    ) {
+        Ok(v) => c.fail(format!("a Handler for an image was accepted: {v}")),
+        Err((_, msg)) => {
+            c.check(
+                msg.contains("do not apply to a function of PackageType Image"),
+                format!("Handler refused for an image: {msg}"),
+            );
+        }
+    }
 
     // UpdateFunctionCode with a new image: its config takes over.
     let layout2 = Layout::new(work.join("layout2"));

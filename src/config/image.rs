@@ -81,8 +81,21 @@ impl ImageSpec {
         }
     }
 
-    /// What UpdateFunctionConfiguration may not change on an image function.
-    pub fn check_update(req: &UpdateFunctionConfiguration) -> Result<(), ConfigError> {
+    /// UpdateFunctionConfiguration's part in the image settings: a new
+    /// ImageConfig replaces the old one; Runtime, Handler and Layers do
+    /// not apply to an image, and ImageConfig not to a Zip package.
+    pub fn update(
+        image: &mut Option<ImageSpec>,
+        req: &UpdateFunctionConfiguration,
+    ) -> Result<(), ConfigError> {
+        let Some(image) = image else {
+            if req.image_config.is_some() {
+                return Err(refuse(
+                    "ImageConfig applies to functions of PackageType Image only",
+                ));
+            }
+            return Ok(());
+        };
         if req.runtime.is_some() || req.handler.is_some() {
             return Err(refuse(
                 "Runtime and Handler do not apply to a function of PackageType Image",
@@ -92,6 +105,9 @@ impl ImageSpec {
             return Err(refuse(
                 "Layers do not apply to a function of PackageType Image",
             ));
+        }
+        if let Some(config) = &req.image_config {
+            image.config = config.clone();
         }
         Ok(())
     }
@@ -125,5 +141,87 @@ impl ImageSpec {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FunctionSpec;
+    use crate::protocol::FunctionCode;
+
+    fn image_req() -> CreateFunction {
+        serde_json::from_value(serde_json::json!({
+            "FunctionName": "img",
+            "PackageType": "Image",
+            "Code": {"ImageUri": "/images/app:v1"},
+            "ImageConfig": {"Command": ["app.handler"], "WorkingDirectory": "/srv"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_image_function_has_no_runtime_handler_or_layers() {
+        let spec = FunctionSpec::from_create(&image_req()).unwrap();
+        let image = spec.image.as_ref().unwrap();
+        assert_eq!(image.uri, "/images/app:v1");
+        assert_eq!(
+            image.config.command.as_deref(),
+            Some(&["app.handler".to_string()][..])
+        );
+        for (field, value) in [
+            ("Runtime", serde_json::json!("provided")),
+            ("Handler", serde_json::json!("x")),
+            (
+                "Layers",
+                serde_json::json!(["arn:aws:lambda:us-east-1:000000000000:layer:l:1"]),
+            ),
+        ] {
+            let mut req = serde_json::to_value(image_req()).unwrap();
+            req[field] = value;
+            let req: CreateFunction = serde_json::from_value(req).unwrap();
+            let e = FunctionSpec::from_create(&req).unwrap_err().to_string();
+            assert!(
+                e.contains("do not apply to PackageType Image"),
+                "{field}: {e}"
+            );
+        }
+        let mut req = image_req();
+        req.code = FunctionCode::default();
+        let e = FunctionSpec::from_create(&req).unwrap_err().to_string();
+        assert!(e.contains("needs Code.ImageUri"), "{e}");
+        req.package_type = Some("Docker".into());
+        let e = FunctionSpec::from_create(&req).unwrap_err().to_string();
+        assert!(e.contains("must be Zip or Image"), "{e}");
+    }
+
+    #[test]
+    fn image_config_is_checked_and_only_for_images() {
+        let mut req = image_req();
+        req.image_config = Some(ImageConfig {
+            working_directory: Some("relative".into()),
+            ..Default::default()
+        });
+        let e = FunctionSpec::from_create(&req).unwrap_err().to_string();
+        assert!(e.contains("must be an absolute path"), "{e}");
+
+        let zip: CreateFunction = serde_json::from_value(serde_json::json!({
+            "FunctionName": "z", "Runtime": "python3", "Handler": "app.handler",
+            "Code": {"Path": "/x"}, "ImageConfig": {},
+        }))
+        .unwrap();
+        let e = FunctionSpec::from_create(&zip).unwrap_err().to_string();
+        assert!(e.contains("are for PackageType Image"), "{e}");
+
+        let spec = FunctionSpec::from_create(&image_req()).unwrap();
+        let update = UpdateFunctionConfiguration {
+            function_name: "img".into(),
+            image_config: Some(ImageConfig::default()),
+            memory_size: Some(256),
+            ..Default::default()
+        };
+        let next = spec.updated(&update).unwrap();
+        assert_eq!(next.image.unwrap().config, ImageConfig::default());
+        assert_eq!(next.memory_mb, 256);
     }
 }
