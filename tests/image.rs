@@ -150,8 +150,11 @@ fn bootstrap_binary(dir: &Path) -> Vec<u8> {
         .arg(&out)
         .arg(&src)
         .status()
-        .expect("gcc (with a static libc, libc.a) builds the image's program");
-    assert!(status.success(), "gcc -static failed");
+        .expect("run gcc: the test builds the image's program with it");
+    assert!(
+        status.success(),
+        "gcc -static failed: a static C library is needed (Debian: apt-get install libc6-dev)"
+    );
     fs::read(&out).unwrap()
 }
 
