@@ -670,3 +670,43 @@ fn bad_images_are_refused_with_clear_errors_and_the_supervisor_keeps_serving() {
     );
     c.finish();
 }
+
+#[test]
+fn only_root_clients_may_name_an_image_layout() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let sup = Supervisor::start_with(&["--prewarm", "0", "--socket-mode", "0666"]);
+    let mut c = Checks::new("ImageUri from a non-root client");
+    fs::set_permissions(sup.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = sup.dir.path().join("lambdalet-client");
+    fs::copy(common::BIN, &bin).unwrap();
+    let layout = Layout::new(sup.dir.path().join("layout"));
+    let layer = layout.blob(LAYER_TAR, &tar_of(&[Entry::File("x", b"x", 0o644)]));
+    layout.finish(vec![layer], config(&["/x"], &[], &[], "/"), "v1");
+    let out = Command::new(&bin)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .arg("--socket")
+        .arg(&sup.socket)
+        .args(["create-function", "peek", "--image"])
+        .arg(&layout.dir)
+        .output()
+        .expect("run the CLI as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    c.eq("exit status", out.status.code(), Some(255));
+    c.check(
+        stderr.contains("InvalidParameterValueException")
+            && stderr.contains("Code.ImageUri")
+            && stderr.contains("root clients only"),
+        format!("the refusal says why: {stderr}"),
+    );
+    c.check(
+        !sup.code_revisions_dir("peek").exists(),
+        "nothing was unpacked",
+    );
+    c.finish();
+}

@@ -850,6 +850,9 @@ impl Unpacker<'_> {
                 // Skipped, not refused: base images ship a few in /dev, which
                 // the sandbox replaces with its own.
                 tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => continue,
+                // A pax global header (`git archive` writes one) carries
+                // metadata for the whole archive, no file.
+                tar::EntryType::XGlobalHeader => continue,
                 other => {
                     return Err(fail(format!(
                         "entry type {other:?} is not supported (only files, directories, symlinks, hard links; device nodes and fifos are skipped)"
