@@ -642,6 +642,18 @@ fn bad_images_are_refused_with_clear_errors_and_the_supervisor_keeps_serving() {
         json!({"Runtime": "provided", "Handler": "x"}),
         "Runtime and Handler do not apply",
     );
+    // An image that would run nothing.
+    let layout = Layout::new(work.join("no-command"));
+    let layer = layout.blob(LAYER_TAR, &tar_of(&[Entry::File("x", b"x", 0o644)]));
+    layout.finish(vec![layer], config(&[], &[], &[], "/"), "v1");
+    expect_refusal(
+        &mut c,
+        "no Entrypoint nor Cmd",
+        "bad8",
+        layout.dir.to_str().unwrap(),
+        json!({}),
+        "neither Entrypoint nor Cmd",
+    );
     c.check(
         sup.request("GetFunction", json!({"FunctionName": "bad1"}))
             .is_err(),
@@ -658,6 +670,29 @@ fn bad_images_are_refused_with_clear_errors_and_the_supervisor_keeps_serving() {
         dirs.iter().all(|d| !d.starts_with("bad")),
         format!("nothing of a refused function stays: {dirs:?}"),
     );
+
+    // What cannot start fails its init as on Lambda.
+    for (name, image_config, error_type) in [
+        (
+            "no-such-entrypoint",
+            json!({"EntryPoint": ["/nope"]}),
+            "Runtime.InvalidEntrypoint",
+        ),
+        (
+            "no-such-dir",
+            json!({"WorkingDirectory": "/missing"}),
+            "Runtime.InvalidWorkingDir",
+        ),
+    ] {
+        create_image(&sup, name, &good, json!({"ImageConfig": image_config}))
+            .unwrap_or_else(|e| panic!("CreateFunction {name}: {e:?}"));
+        let r = sup.invoke(name, json!({}));
+        c.eq(
+            format!("{name}: errorType"),
+            r["Payload"]["errorType"].as_str(),
+            Some(error_type),
+        );
+    }
 
     // And the supervisor serves the good image.
     create_image(&sup, "good", &good, json!({}))

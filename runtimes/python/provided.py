@@ -286,6 +286,9 @@ def main(rt, worker_fd):
         # (the env's, as execvpe does), in its WorkingDir.
         argv, cwd = rt.command, rt.cwd or "/"
         path = argv[0]
+        if not os.path.isdir(cwd):
+            fail_init(_error(f"WorkingDirectory {cwd} is not a directory of the image",
+                             "Runtime.InvalidWorkingDir"))
     else:
         path = _find_bootstrap()
         if path is None:

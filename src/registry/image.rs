@@ -345,6 +345,16 @@ pub fn install(uri: &str, dest: &Path, limits: &ImageLimits) -> Result<Installed
     }
 
     let c = config.config().clone().unwrap_or_default();
+    // A WorkingDir the layers lack is made, as container runtimes do (runc
+    // creates the process's cwd); one that cannot be (a file is in the way)
+    // fails at init with Runtime.InvalidWorkingDir.
+    if let Some(dir) = c.working_dir().as_deref().filter(|d| d.starts_with('/')) {
+        let _ = unpacker.resolve_dir(
+            Path::new(dir.trim_start_matches('/')),
+            &mut HashSet::new(),
+            true,
+        );
+    }
     let run = ImageRun {
         entrypoint: c.entrypoint().clone().unwrap_or_default(),
         cmd: c.cmd().clone().unwrap_or_default(),
@@ -1124,6 +1134,46 @@ fn remove_tree(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The argv (and how many of its words are the Cmd) and working directory: ImageConfig's overrides over the image's
+/// own (as Lambda and Docker do: a new EntryPoint also drops the image's
+/// Cmd unless Command is given).
+pub fn command(
+    run: &ImageRun,
+    config: &crate::protocol::ImageConfig,
+) -> (Vec<String>, usize, String) {
+    let entrypoint = config
+        .entry_point
+        .clone()
+        .unwrap_or_else(|| run.entrypoint.clone());
+    let cmd = match (&config.command, &config.entry_point) {
+        (Some(cmd), _) => cmd.clone(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => run.cmd.clone(),
+    };
+    let cwd = config
+        .working_directory
+        .clone()
+        .filter(|d| !d.is_empty())
+        .or_else(|| Some(run.working_dir.clone()).filter(|d| !d.is_empty()))
+        .unwrap_or_else(|| "/".to_owned());
+    let cmd_len = cmd.len();
+    (entrypoint.into_iter().chain(cmd).collect(), cmd_len, cwd)
+}
+
+/// Refuses an image that would run nothing: neither Entrypoint nor Cmd,
+/// after `config`'s overrides.
+pub fn check_runnable(
+    run: &ImageRun,
+    config: &crate::protocol::ImageConfig,
+) -> Result<(), ImageError> {
+    if command(run, config).0.is_empty() {
+        return Err(ImageError::Select {
+            reason: "the image has neither Entrypoint nor Cmd: give ImageConfig.EntryPoint or ImageConfig.Command".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The variables of an image's `Env` (`NAME=value`), in order; entries

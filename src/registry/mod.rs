@@ -446,7 +446,12 @@ impl Registry {
                 .as_ref()
                 .map(|i| i.uri.clone())
                 .unwrap_or_default();
-            let (code_revision, code_dir, installed) = self.install_image(dir, &uri)?;
+            let config = spec
+                .image
+                .as_ref()
+                .map(|i| i.config.clone())
+                .unwrap_or_default();
+            let (code_revision, code_dir, installed) = self.install_image(dir, &uri, &config)?;
             let function = Function {
                 spec,
                 code_revision,
@@ -544,6 +549,10 @@ impl Registry {
         let current = &self.functions[&name];
         let mut next = current.clone();
         next.spec = current.spec.updated(req)?;
+        if let (Some(image), Some(run)) = (&next.spec.image, &next.image) {
+            image::check_runnable(run, &image.config)
+                .map_err(|source| RegistryError::Image { source })?;
+        }
         next.last_modified = lambda_timestamp(SystemTime::now());
         next.revision_id = uuid::Uuid::new_v4().to_string();
         let unchanged = req.layers.as_ref().is_none_or(|arns| {
@@ -835,15 +844,21 @@ impl Registry {
 
     /// Unpacks the container image `uri` as the next revision under
     /// `dir/code` (`rootfs/` and `image.json`, registry/image.rs).
+    /// `config` (the function's ImageConfig) must leave it something to run.
     fn install_image(
         &self,
         dir: &Path,
         uri: &str,
+        config: &crate::protocol::ImageConfig,
     ) -> Result<(u64, PathBuf, image::InstalledImage), RegistryError> {
         let revision = self.next_revision(dir)?;
         let code_dir = dir.join(CODE_DIR).join(revision.to_string());
         let installed = image::install(uri, &code_dir, &image::ImageLimits::LAMBDA)
             .map_err(|source| RegistryError::Image { source })?;
+        if let Err(source) = image::check_runnable(&installed.run, config) {
+            let _ = remove_tree(&code_dir);
+            return Err(RegistryError::Image { source });
+        }
         Ok((revision, code_dir, installed))
     }
 
@@ -865,8 +880,14 @@ impl Registry {
             ));
         }
         let dir = self.functions_dir.join(&name);
-        let (code_revision, code_dir, installed) = self.install_image(&dir, uri)?;
         let mut next = self.functions[&name].clone();
+        let config = next
+            .spec
+            .image
+            .as_ref()
+            .map(|i| i.config.clone())
+            .unwrap_or_default();
+        let (code_revision, code_dir, installed) = self.install_image(&dir, uri, &config)?;
         if let Some(image) = next.spec.image.as_mut() {
             image.uri = uri.to_owned();
         }

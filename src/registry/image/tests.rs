@@ -204,6 +204,10 @@ fn layers_apply_in_order_with_whiteouts_and_links() {
     for point in MOUNT_POINTS {
         assert!(root.join(point).is_dir(), "{point} made");
     }
+    assert!(
+        root.join("w").is_dir(),
+        "the WorkingDir the layers lack is made"
+    );
     let run = load_run(&tmp.path().join("out")).unwrap();
     assert_eq!(run, installed.run);
     assert_eq!(

@@ -150,7 +150,7 @@ pub(super) fn image_runtime(
         return Err(format!("function {} is not an image function", f.spec.name).into());
     };
     let mut v: serde_json::Value = serde_json::from_str(base.get())?;
-    let (argv, cmd_len, cwd) = command(run, &spec.config);
+    let (argv, cmd_len, cwd) = image::command(run, &spec.config);
     if argv.is_empty() {
         return Err(format!(
             "the image of {} has neither Entrypoint nor Cmd: give ImageConfig.EntryPoint or Command",
@@ -173,29 +173,6 @@ pub(super) fn image_runtime(
     v["command"] = argv.into();
     v["cwd"] = cwd.into();
     Ok(RawValue::from_string(v.to_string())?)
-}
-
-/// The argv and working directory: ImageConfig's overrides over the image's
-/// own (as Lambda and Docker do: a new EntryPoint also drops the image's
-/// Cmd unless Command is given).
-fn command(run: &ImageRun, config: &crate::protocol::ImageConfig) -> (Vec<String>, usize, String) {
-    let entrypoint = config
-        .entry_point
-        .clone()
-        .unwrap_or_else(|| run.entrypoint.clone());
-    let cmd = match (&config.command, &config.entry_point) {
-        (Some(cmd), _) => cmd.clone(),
-        (None, Some(_)) => Vec::new(),
-        (None, None) => run.cmd.clone(),
-    };
-    let cwd = config
-        .working_directory
-        .clone()
-        .filter(|d| !d.is_empty())
-        .or_else(|| Some(run.working_dir.clone()).filter(|d| !d.is_empty()))
-        .unwrap_or_else(|| "/".to_owned());
-    let cmd_len = cmd.len();
-    (entrypoint.into_iter().chain(cmd).collect(), cmd_len, cwd)
 }
 
 /// The environment of an image function's process: Lambda's reserved
@@ -231,6 +208,7 @@ fn merge_env(
 mod tests {
     use super::*;
     use crate::protocol::ImageConfig;
+    use crate::registry::image::command;
 
     fn run() -> ImageRun {
         ImageRun {
