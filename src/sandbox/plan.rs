@@ -26,6 +26,10 @@
 //! | `/tmp` | tmpfs of the function's ephemeral storage size, mode 1777 |
 //! | `/dev` | read-only tmpfs with null, zero, full, random, urandom and fd links |
 //! | `/proc` | a new procfs; OCI's masked paths masked, kernel knobs read-only |
+//!
+//! A container image function's environment has the image's own root
+//! instead (`plan/image.rs`): the same /dev, /proc and /tmp, the
+//! interpreter at `/.lambdalet/python`, nothing else of the host.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
