@@ -745,3 +745,65 @@ fn only_root_clients_may_name_an_image_layout() {
     );
     c.finish();
 }
+
+#[test]
+fn image_functions_never_take_pooled_blanks_and_can_be_provisioned() {
+    if !require_root() {
+        return;
+    }
+    // A pool of generic blanks, ready before the image functions exist.
+    let sup = Supervisor::start_with(&["--prewarm", "2"]);
+    let work = sup.dir.path().join("image-build");
+    fs::create_dir_all(&work).unwrap();
+    let binary = bootstrap_binary(&work);
+    let (layout, layers) = good_image(&work.join("layout"), &binary);
+    layout.finish(layers, config(&["/app/bootstrap"], &[], &[], "/app"), "v1");
+    let uri = layout.dir.to_str().unwrap().to_owned();
+    let mut c = Checks::new("image: pooled blanks and provisioned environments");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    create_image(&sup, "ondemand", &uri, json!({}))
+        .unwrap_or_else(|e| panic!("CreateFunction: {e:?}"));
+    let p = invoke_ok(&sup, "ondemand", json!(1));
+    c.eq(
+        "on demand, with blanks pooled: the image's root",
+        p["files"]["/etc/overlay"].as_str(),
+        Some("upper"),
+    );
+
+    create_image(&sup, "warm", &uri, json!({})).unwrap_or_else(|e| panic!("CreateFunction: {e:?}"));
+    sup.request(
+        "PutProvisionedConcurrencyConfig",
+        json!({"FunctionName": "warm", "ProvisionedConcurrentExecutions": 1}),
+    )
+    .unwrap_or_else(|e| panic!("PutProvisionedConcurrencyConfig: {e:?}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let status = sup
+            .request(
+                "GetProvisionedConcurrencyConfig",
+                json!({"FunctionName": "warm"}),
+            )
+            .unwrap_or_else(|e| json!({"error": format!("{e:?}")}));
+        if status["Status"] != "IN_PROGRESS" || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    c.eq(
+        "provisioned status",
+        status["Status"].as_str(),
+        Some("READY"),
+    );
+    let r = sup.invoke("warm", json!(2));
+    c.eq(
+        "a provisioned image environment answers",
+        &r["Payload"]["event"],
+        &json!(2),
+    );
+    c.check(
+        r.get("FunctionError").is_none(),
+        format!("no error: {r}\n{}", sup.logs("warm").join("\n")),
+    );
+    c.finish();
+}
