@@ -24,9 +24,10 @@
 //! timed Invoke; the REPORT line gives Init Duration (for `provided`: from
 //! the start of B's Runtime API server to the bootstrap's first `/next`) and
 //! Duration. Rows: the Rust bootstrap at 1769 MB (one vCPU, what a host
-//! process gets; the reference of the ratios) and 128 MB from the default
-//! blank pool, at 1769 MB from scratch (`--prewarm 0`), and the C bootstrap
-//! at 1769 MB from the pool.
+//! process gets) and 128 MB from the default blank pool, at 1769 MB from
+//! scratch (`--prewarm 0`), the C bootstrap at 1769 MB from the pool, and
+//! for reference the same handler on the python3 runtime (examples/hello).
+//! Each row's ratios are to the host starts of its own bootstrap.
 //!
 //! `cargo bench --bench provided` (root). Knobs: PROVIDED_SAMPLES (200),
 //! PROVIDED_SETTLE_MS (30), LAMBDALET_BIN. The first run builds
@@ -347,8 +348,9 @@ impl RuntimeApi {
 /// One lambdalet configuration of one bootstrap.
 struct Variant {
     label: String,
-    /// Index of its bootstrap in the bench's list.
-    bootstrap: usize,
+    /// Index of its bootstrap in the bench's list; None for the Python
+    /// function shown for reference.
+    bootstrap: Option<usize>,
     function: String,
     sup: usize,
     client: common::Client,
@@ -435,7 +437,7 @@ fn main() -> Result<(), Error> {
         common::Supervisor::start(&bin, &["--prewarm", "0"])?,
     ];
     let mut variants = Vec::new();
-    // (bootstrap, supervisor, memory, label); the first is the reference.
+    // (bootstrap, supervisor, memory, label).
     let mut plan = vec![
         (0, 0, 1769, "1769 MB (1 vCPU)"),
         (0, 0, 128, "128 MB"),
@@ -449,7 +451,7 @@ fn main() -> Result<(), Error> {
         sups[sup].deploy_provided(&function, &bootstraps[b].code, memory_mb)?;
         variants.push(Variant {
             label: format!("**lambdalet**, {}, {what}", bootstraps[b].name),
-            bootstrap: b,
+            bootstrap: Some(b),
             function,
             sup,
             client: sups[sup].client()?,
@@ -458,6 +460,19 @@ fn main() -> Result<(), Error> {
             invoke: Vec::with_capacity(samples),
         });
     }
+    // For reference, the same handler on the python3 runtime (examples/hello,
+    // the coldstart bench's) in the same run: what `provided` adds.
+    sups[0].deploy("hello-python", &common::example("hello"), 1769)?;
+    variants.push(Variant {
+        label: "lambdalet, python3 (examples/hello), 1769 MB, for reference".into(),
+        bootstrap: None,
+        function: "hello-python".into(),
+        sup: 0,
+        client: sups[0].client()?,
+        total: Vec::with_capacity(samples),
+        init: Vec::with_capacity(samples),
+        invoke: Vec::with_capacity(samples),
+    });
 
     let api = RuntimeApi::new()?;
     let mut peers: Vec<Peers> = bootstraps
@@ -499,9 +514,13 @@ fn main() -> Result<(), Error> {
     drop(sups);
 
     // Every row is compared with the host starts of its own bootstrap.
-    let row = |name: &str, s: &Samples, b: usize| -> Vec<String> {
-        let per_invoke = Samples::new(peers[b].per_invoke.clone());
-        let exec_exit = Samples::new(peers[b].exec_exit.clone());
+    let row = |name: &str, s: &Samples, b: Option<usize>| -> Vec<String> {
+        let host = |pick: fn(&Peers) -> &Vec<Duration>| {
+            b.map_or(Duration::ZERO, |b| {
+                Samples::new(pick(&peers[b]).clone()).pct(50.0)
+            })
+        };
+        let (per_invoke, exec_exit) = (host(|p| &p.per_invoke), host(|p| &p.exec_exit));
         vec![
             name.to_string(),
             s.len().to_string(),
@@ -510,19 +529,16 @@ fn main() -> Result<(), Error> {
             ms(s.pct(90.0)),
             ms(s.pct(99.0)),
             ms(s.max()),
-            ratio(s.pct(50.0), per_invoke.pct(50.0)),
-            ratio(s.pct(50.0), exec_exit.pct(50.0)),
+            ratio(s.pct(50.0), per_invoke),
+            ratio(s.pct(50.0), exec_exit),
         ]
     };
     let mut rows = Vec::new();
     for v in &variants {
         rows.push(row(&v.label, &Samples::new(v.total.clone()), v.bootstrap));
     }
-    for (b, p) in bootstraps.iter().zip(&peers) {
-        let k = bootstraps
-            .iter()
-            .position(|x| x.name == b.name)
-            .unwrap_or(0);
+    for (k, (b, p)) in bootstraps.iter().zip(&peers).enumerate() {
+        let k = Some(k);
         rows.push(row(
             &format!("{}: host, fork + exec → first result (per invoke)", b.name),
             &Samples::new(p.per_invoke.clone()),
