@@ -18,6 +18,9 @@ for _ in $(seq 1 100); do
 done
 for dir in examples/*/; do
   name=$(basename "$dir")
+  # Only the Python examples: rust-hello and c-hello are custom-runtime
+  # sources, built by the tests and the provided bench.
+  [ -f "$dir/app.py" ] || continue
   if "$BIN" --socket "$SOCKET" get-function "$name" >/dev/null 2>&1; then
     "$BIN" --socket "$SOCKET" update-function-code "$name" --code "$dir" >/dev/null
   else
