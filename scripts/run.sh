@@ -18,9 +18,11 @@ for _ in $(seq 1 100); do
 done
 for dir in examples/*/; do
   name=$(basename "$dir")
-  # Only the Python examples: rust-hello and c-hello are custom-runtime
-  # sources, built by the tests and the provided bench.
-  [ -f "$dir/app.py" ] || continue
+  # rust-hello and c-hello are custom-runtime sources (built by the tests
+  # and the provided bench), not functions to deploy as they are.
+  if [ -e "$dir/Cargo.toml" ] || [ -e "$dir/bootstrap.c" ]; then
+    continue
+  fi
   if "$BIN" --socket "$SOCKET" get-function "$name" >/dev/null 2>&1; then
     "$BIN" --socket "$SOCKET" update-function-code "$name" --code "$dir" >/dev/null
   else
