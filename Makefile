@@ -31,7 +31,7 @@ lint:
 # each. `bench-load` is the 60 s mixed load (10 functions × 50 clients),
 # apart because it keeps both CPUs busy for over a minute.
 bench: build
-	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density --bench events
+	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density --bench events --bench nodestart
 
 bench-load: build
 	$(CARGO) bench --bench load
