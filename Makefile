@@ -33,7 +33,7 @@ lint:
 # (10 functions × 50 clients), apart because it keeps both CPUs busy for
 # over a minute.
 bench: build
-	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density --bench events --bench provided
+	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density --bench events --bench nodestart --bench provided
 
 bench-load: build
 	$(CARGO) bench --bench load
