@@ -18,11 +18,22 @@ for _ in $(seq 1 100); do
 done
 for dir in examples/*/; do
   name=$(basename "$dir")
+  # rust-hello and c-hello are custom-runtime sources (built by the tests
+  # and the provided bench), not functions to deploy as they are.
+  if [ -e "$dir/Cargo.toml" ] || [ -e "$dir/bootstrap.c" ]; then
+    continue
+  fi
+  # A Node.js example has index.mjs; the others are Python's app.py.
+  if [ -e "$dir/index.mjs" ]; then
+    runtime=(--runtime nodejs20.x --handler index.handler)
+  else
+    runtime=(--runtime python3 --handler app.handler)
+  fi
   if "$BIN" --socket "$SOCKET" get-function "$name" >/dev/null 2>&1; then
     "$BIN" --socket "$SOCKET" update-function-code "$name" --code "$dir" >/dev/null
   else
-    "$BIN" --socket "$SOCKET" create-function "$name" --runtime python3 \
-      --handler app.handler --code "$dir" >/dev/null
+    "$BIN" --socket "$SOCKET" create-function "$name" "${runtime[@]}" \
+      --code "$dir" >/dev/null
   fi
   echo "deployed $name"
 done
@@ -31,6 +42,7 @@ cat <<TXT
 lambdalet is serving on $SOCKET. In another shell:
 
   $BIN --socket $SOCKET invoke hello --payload '{"name": "you"}'
+  $BIN --socket $SOCKET invoke hello-node --payload '{"name": "node"}'
   $BIN --socket $SOCKET logs hello
   $BIN --socket $SOCKET put-provisioned-concurrency-config hello --count 2
   $BIN --socket $SOCKET invoke hello --invocation-type Event --payload '{"name": "later"}'

@@ -279,6 +279,10 @@ pub struct ServeArgs {
     /// python3, resolved once past any shim).
     #[arg(long, value_name = "PATH")]
     pub python: Option<PathBuf>,
+    /// The node binary for the nodejs runtime (default: `node` on PATH; none
+    /// found means no nodejs runtime).
+    #[arg(long, value_name = "PATH")]
+    pub node: Option<PathBuf>,
     /// How long an idle environment is kept warm.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_KEEP_ALIVE.as_secs())]
     pub keep_alive: u64,
@@ -291,6 +295,10 @@ pub struct ServeArgs {
     /// Blank environments kept ready, so a cold start only specialises one.
     #[arg(long, value_name = "N", default_value_t = crate::supervisor::DEFAULT_PREWARM)]
     pub prewarm: usize,
+    /// Node.js blanks (a node process already started in each) kept ready
+    /// while at least one nodejs function exists.
+    #[arg(long, value_name = "N", default_value_t = crate::supervisor::DEFAULT_PREWARM_NODE)]
+    pub prewarm_node: usize,
     /// The account's concurrency limit: invocations in flight at once, all
     /// functions together (Lambda's default is 1000). Reserved concurrency
     /// comes out of it and must leave at least 100 unreserved.
@@ -933,10 +941,12 @@ fn serve_options(args: ServeArgs, socket: PathBuf) -> ServeOptions {
         socket,
         cgroup_parent: args.cgroup_parent,
         python: args.python,
+        node: args.node,
         keep_alive: Duration::from_secs(args.keep_alive),
         socket_mode: args.socket_mode,
         socket_group: args.socket_group,
         prewarm: args.prewarm,
+        prewarm_node: args.prewarm_node,
         max_concurrency: args.max_concurrency,
         async_time_scale: args.async_time_scale,
         idempotency_window: Duration::from_secs(args.idempotency_window),

@@ -185,20 +185,30 @@ pub enum Runtime {
     /// Lambda's Runtime API inside the environment.
     #[serde(rename = "provided")]
     Provided,
+    /// The host's Node.js, pre-started in a pool of unspecialised sandboxed
+    /// processes (node cannot fork safely).
+    #[serde(rename = "nodejs")]
+    Nodejs,
 }
 
 impl Runtime {
-    pub const ALL: &'static [Runtime] = &[Runtime::Python3, Runtime::Provided];
+    pub const ALL: &'static [Runtime] = &[Runtime::Python3, Runtime::Provided, Runtime::Nodejs];
 
     /// Lambda's names for the OS-only runtimes, taken as `provided`: the
     /// environment's userland is this host's either way.
     const PROVIDED_ALIASES: &'static [&'static str] = &["provided.al2", "provided.al2023"];
+
+    /// Lambda's Node.js runtime names, taken as `nodejs`: the host's one
+    /// node runs them all (`lambdalet serve` says which version it found).
+    const NODEJS_ALIASES: &'static [&'static str] =
+        &["nodejs18.x", "nodejs20.x", "nodejs22.x", "nodejs24.x"];
 
     /// The name on the wire (`Runtime` in CreateFunction).
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Python3 => "python3",
             Runtime::Provided => "provided",
+            Runtime::Nodejs => "nodejs",
         }
     }
 
@@ -207,6 +217,9 @@ impl Runtime {
     pub fn parse(value: &str) -> Result<Runtime, ConfigError> {
         if Runtime::PROVIDED_ALIASES.contains(&value) {
             return Ok(Runtime::Provided);
+        }
+        if Runtime::NODEJS_ALIASES.contains(&value) {
+            return Ok(Runtime::Nodejs);
         }
         Runtime::ALL
             .iter()
@@ -222,6 +235,7 @@ impl Runtime {
             .iter()
             .map(|r| r.as_str())
             .chain(Runtime::PROVIDED_ALIASES.iter().copied())
+            .chain(Runtime::NODEJS_ALIASES.iter().copied())
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -500,7 +514,7 @@ fn check_handler(runtime: Runtime, handler: &str) -> Result<(), ConfigError> {
         return Err(err("it must not contain whitespace"));
     }
     match runtime {
-        Runtime::Python3 => {
+        Runtime::Python3 | Runtime::Nodejs => {
             let Some((module, function)) = handler.rsplit_once('.') else {
                 return Err(err(
                     "it must be MODULE.FUNCTION, e.g. app.handler or dir/app.handler",
@@ -693,7 +707,7 @@ mod tests {
 
     #[test]
     fn runtimes() {
-        for bad in ["python3.11", "python", "nodejs", "", "Python3"] {
+        for bad in ["python3.11", "python", "node", "nodejs16.x", "", "Python3"] {
             let mut req = create("f");
             req.runtime = bad.to_owned();
             let err = FunctionSpec::from_create(&req).unwrap_err();
@@ -711,6 +725,20 @@ mod tests {
             let spec = FunctionSpec::from_create(&req).unwrap();
             assert_eq!(spec.runtime, Runtime::Provided);
             assert_eq!(spec.runtime.as_str(), "provided");
+        }
+        for name in [
+            "nodejs",
+            "nodejs18.x",
+            "nodejs20.x",
+            "nodejs22.x",
+            "nodejs24.x",
+        ] {
+            let mut req = create("f");
+            req.runtime = name.to_owned();
+            req.handler = "index.handler".into();
+            let spec = FunctionSpec::from_create(&req).unwrap();
+            assert_eq!(spec.runtime, Runtime::Nodejs);
+            assert_eq!(spec.runtime.as_str(), "nodejs");
         }
         // The handler is the bootstrap's business, but Lambda's own rule
         // (no whitespace) still holds.
@@ -882,7 +910,7 @@ mod tests {
         up.timeout = Some(0);
         assert_eq!(spec.updated(&up), Err(ConfigError::Timeout { value: 0 }));
         let mut up = update();
-        up.runtime = Some("nodejs".into());
+        up.runtime = Some("nodejs8.10".into());
         assert!(matches!(
             spec.updated(&up),
             Err(ConfigError::Runtime { .. })

@@ -152,6 +152,8 @@ pub struct AccountGauges {
     pub concurrent_executions: u64,
     /// Environments in the blank pool, not yet bound to a function.
     pub blank_environments: u64,
+    /// Of those, node blanks (a node already started in each).
+    pub node_blank_environments: u64,
     /// Every environment on the host, blank ones included.
     pub environments: u64,
 }
@@ -732,6 +734,11 @@ pub fn render_prometheus(s: &Snapshot) -> String {
             "lambdalet_blank_environments",
             "Execution environments in the blank pool, not yet bound to a function.",
             a.blank_environments,
+        ),
+        (
+            "lambdalet_node_blank_environments",
+            "Of the blank pool, node blanks: a node process already started in each.",
+            a.node_blank_environments,
         ),
         (
             "lambdalet_account_environments",
@@ -1364,6 +1371,7 @@ mod tests {
                 unreserved_concurrency: 998,
                 concurrent_executions: 1,
                 blank_environments: 4,
+                node_blank_environments: 1,
                 environments: 6,
             },
         );
@@ -1564,6 +1572,7 @@ mod tests {
                 "lambdalet_account_environments",
                 "lambdalet_account_unreserved_concurrency",
                 "lambdalet_blank_environments",
+                "lambdalet_node_blank_environments",
                 "lambdalet_uptime_seconds",
             ]
         );

@@ -431,11 +431,12 @@ def prepare(runtime):
         raise ValueError(f"runtime.python_prefix_*: {host} -> {sandbox} is not the pair the zygote relocated for ({_relocated})")
     host = _relocated[0]
 
-    # python3 (this module's main) or provided (provided.main: the
-    # function's own bootstrap, over the Runtime API).
+    # python3 (this module's main), provided (provided.main: the
+    # function's own bootstrap, over the Runtime API) or nodejs (nodehost.main:
+    # the node B started before the specialisation).
     kind = runtime.get("kind", "python3")
-    if kind not in ("python3", "provided"):
-        raise ValueError(f"runtime.kind: expected python3 or provided, got {kind!r}")
+    if kind not in ("python3", "provided", "nodejs"):
+        raise ValueError(f"runtime.kind: expected python3, provided or nodejs, got {kind!r}")
 
     rt = Runtime()
     rt.kind = kind

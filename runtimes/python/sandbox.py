@@ -499,10 +499,11 @@ def enter_blank(plan, worker_fd, log_fd):
     return worker_fd
 
 
-def specialize(spec):
+def specialize(spec, before_drop=None):
     """Steps 9-13, in B, when a function is assigned to the blank: its code,
     its /tmp, its identity, its filter. Exits 121 on failure, before any user
-    code ran."""
+    code ran. `before_drop` (a node blank's hand-over to its node) runs
+    after step 10, while B is still root."""
     step = "specialize"
     try:
         # 9. The function's tree: bind its code, detach every other
@@ -514,6 +515,9 @@ def specialize(spec):
         for res, soft, hard in spec.rlimits:
             step = f"setrlimit {res}"
             resource.setrlimit(res, (soft, hard))
+        if before_drop is not None:
+            step = "hand over to node"
+            before_drop()
 
         # 11. Capabilities and identity. The bounding set needs
         # CAP_SETPCAP, and setgroups/setresgid need CAP_SETGID: all before

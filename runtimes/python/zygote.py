@@ -69,6 +69,8 @@ def _load(name, filename):
 sandbox = _load("_lambdalet_sandbox", "sandbox.py")
 bootstrap = _load("_lambdalet_bootstrap", "bootstrap.py")
 provided = _load("_lambdalet_provided", "provided.py")
+nodehost = _load("_lambdalet_nodehost", "nodehost.py")
+nodehost.bind(sandbox)
 for _name in PRELOAD:
     importlib.import_module(_name)
 # Site .pth files may have imported third-party packages (certifi, say).
@@ -166,19 +168,20 @@ class Zygote:
             if type(runtime) is not dict:
                 raise ValueError("runtime: expected an object")
             bootstrap.relocate(str(runtime.get("python_prefix_host")), str(runtime.get("python_prefix_sandbox")))
+            node = nodehost.prepare(runtime.get("node"))
         except (ValueError, UnicodeDecodeError) as e:
             _close_fds(fds)
             _send(self.chan, {"t": "spawn_failed", "env_id": env_id, "error": f"bad spawn request: {e}"})
             return True
 
-        pid = self.fork(plan, fds, env_id)
+        pid = self.fork(plan, node, fds, env_id)
         _close_fds(fds)  # the child has its copies; the supervisor watches them
         if pid is not None:
             self.children[pid] = env_id
             _send(self.chan, {"t": "spawned", "env_id": env_id, "pid": pid})
         return True
 
-    def fork(self, plan, fds, env_id):
+    def fork(self, plan, node, fds, env_id):
         # Everything allocated since the last fork is frozen too, so the
         # child's collector never walks (and un-shares) the zygote's objects.
         gc.freeze()
@@ -190,12 +193,13 @@ class Zygote:
             _send(self.chan, {"t": "spawn_failed", "env_id": env_id, "error": f"fork: {e}"})
             return None
         if pid == 0:
-            self.run_child(plan, *fds)  # never returns
+            self.run_child(plan, node, *fds)  # never returns
         return pid
 
-    def run_child(self, plan, worker_fd, log_fd):
+    def run_child(self, plan, node, worker_fd, log_fd):
         """A, then B: a blank, then the function's environment once the
-        supervisor specialises it. Never returns into the zygote's loop."""
+        supervisor specialises it. Never returns into the zygote's loop.
+        With `node`, B starts a node process first (nodehost)."""
         code = 1
         try:
             # Nothing of the zygote's own plumbing goes along.
@@ -207,13 +211,18 @@ class Zygote:
             sandbox.enter_a(plan, log_fd)  # A exits in there; B returns
             worker_fd = sandbox.enter_blank(plan, worker_fd, log_fd)
             bootstrap.prime()
-            spec, runtime = _await_specialization(worker_fd)
+            started = None if node is None else nodehost.prestart(node, worker_fd, plan.cap_last_cap)
+            spec, raw_runtime = _await_specialization(worker_fd)
             try:
                 spec = sandbox.prepare_specialize(spec, plan.cap_last_cap)
-                runtime = bootstrap.prepare(runtime)
+                runtime = bootstrap.prepare(raw_runtime)
+                if (started is not None) != (runtime.kind == "nodejs"):
+                    raise ValueError(f"runtime.kind {runtime.kind} in a {'node' if started else 'python'} blank")
             except ValueError as e:
                 print(f"lambdalet: sandbox: bad specialisation: {e}", file=sys.stderr, flush=True)
                 os._exit(sandbox.EXIT_SANDBOX_FAILED)
+            if started is not None:
+                nodehost.main(started, spec, raw_runtime, worker_fd)  # never returns
             sandbox.specialize(spec)
             if runtime.kind == "provided":
                 provided.main(runtime, worker_fd)
@@ -245,7 +254,13 @@ def _await_specialization(worker_fd):
     os.write(worker_fd, b'{"t":"blank"}\n')
     parts = []
     while True:
-        chunk = os.read(worker_fd, 65536)
+        # A node blank's node shares this socket's file description, and
+        # node makes its fds non-blocking: wait for data rather than spin.
+        select.select([worker_fd], [], [])
+        try:
+            chunk = os.read(worker_fd, 65536)
+        except BlockingIOError:
+            continue
         if not chunk:
             os._exit(0)  # the supervisor gave up this blank
         parts.append(chunk)

@@ -53,6 +53,14 @@ pub enum HostError {
         what: &'static str,
         path: PathBuf,
     },
+    #[error("run {node} --version: {source} (install node or pass --node PATH)")]
+    RunNode { node: PathBuf, source: io::Error },
+    #[error("{node} --version failed or printed no version ({status}): {output:?}")]
+    NodeVersion {
+        node: PathBuf,
+        status: ExitStatus,
+        output: String,
+    },
     #[error("read {path}: {source}")]
     ReadCapLastCap { path: PathBuf, source: io::Error },
     #[error("parse {path}: {content:?} is not a capability number")]
@@ -126,6 +134,72 @@ impl HostPython {
         }
         Ok(found)
     }
+}
+
+/// The host's Node.js, for the `nodejs` runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNode {
+    /// The binary, resolved with realpath(3); bound read-only into node
+    /// environments.
+    pub executable: PathBuf,
+    /// `node --version` without its `v`, e.g. `20.20.2`.
+    pub version: String,
+}
+
+impl HostNode {
+    /// The major version, e.g. `20` (for `AWS_EXECUTION_ENV` and
+    /// `/opt/nodejs/node20/node_modules`).
+    pub fn major(&self) -> &str {
+        self.version.split('.').next().unwrap_or("")
+    }
+
+    /// Finds `explicit` (or `node` on `PATH`), resolves it and asks its
+    /// version once. `Ok(None)` when no `node` is on `PATH` and none was
+    /// named: the `nodejs` runtime is then unavailable, and said so when a
+    /// function asks for it.
+    pub fn discover(explicit: Option<&Path>) -> Result<Option<HostNode>, HostError> {
+        let named = match explicit {
+            Some(p) => p.to_owned(),
+            None => match find_on_path("node") {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        let executable = fs::canonicalize(&named).map_err(|source| HostError::RunNode {
+            node: named.clone(),
+            source,
+        })?;
+        let out = Command::new(&executable)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| HostError::RunNode {
+                node: executable.clone(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let version = text.strip_prefix('v').unwrap_or(&text).to_owned();
+        if !out.status.success() || !version.split('.').all(|p| p.parse::<u32>().is_ok()) {
+            return Err(HostError::NodeVersion {
+                node: executable,
+                status: out.status,
+                output: text,
+            });
+        }
+        Ok(Some(HostNode {
+            executable,
+            version,
+        }))
+    }
+}
+
+/// The first executable `name` in `PATH`, as execvp(3) would find it.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// The CPUs the supervisor (and so every environment) may run on:

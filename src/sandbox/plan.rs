@@ -64,6 +64,10 @@ pub const OPT_DIR: &str = "/opt";
 /// it; then it is detached and removed, before any user code runs. A blank
 /// holds no other host mount: it does not pin the host's mount tree.
 pub const FUNCTIONS_MOUNT: &str = "/.lambdalet-functions";
+/// Where a node blank finds the host's node binary (read-only).
+pub const NODE_BINARY: &str = "/var/runtime/bin/node";
+/// Where a node blank finds lambdalet's Node.js runtime (read-only).
+pub const NODE_RUNTIME_DIR: &str = "/var/runtime/node";
 /// Lambda's user name for function code.
 pub const SANDBOX_USER: &str = "sbx_user1051";
 /// Open files per environment.
@@ -301,6 +305,33 @@ impl BlankTemplate {
             after_pivot_json: Prerendered::of(&after_pivot)?,
             ops,
             after_pivot,
+        })
+    }
+
+    /// The template of a Node.js blank: this one, with the host's node binary
+    /// bound read-only at [`NODE_BINARY`] and lambdalet's Node.js runtime at
+    /// [`NODE_RUNTIME_DIR`] (noexec: node only reads it).
+    pub fn with_node(&self, node: &Path, runtime_dir: &Path) -> Result<BlankTemplate, PlanError> {
+        let node = abs_str("node binary", node)?;
+        let runtime_dir = abs_str("node runtime dir", runtime_dir)?;
+        let mut ops = self.ops.clone();
+        bind_ro(&mut ops, node, NODE_BINARY, MountKind::File);
+        ops.push(Op::Mount {
+            source: Some(runtime_dir.to_owned()),
+            target: NODE_RUNTIME_DIR.to_owned(),
+            fstype: None,
+            flags: MS_BIND,
+            data: None,
+            kind: MountKind::Dir,
+        });
+        ops.push(Op::Remount {
+            target: NODE_RUNTIME_DIR.to_owned(),
+            flags: RO_BIND_REMOUNT | flags(libc::MS_NOEXEC),
+        });
+        Ok(BlankTemplate {
+            ops_json: Prerendered::of(&ops)?,
+            ops,
+            ..self.clone()
         })
     }
 
@@ -825,6 +856,58 @@ mod tests {
     fn spec_json(inputs: &SpecInputs) -> Value {
         let template = SpecTemplate::new(inputs).unwrap();
         serde_json::from_str(&serde_json::to_string(template.plan()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_node_blank_binds_node_and_its_runtime_read_only_after_the_python_ops() {
+        let (_tmp, host) = host();
+        let py = python();
+        let inputs = blank_inputs(&py, &host);
+        let python_blank = BlankTemplate::new(&inputs).unwrap();
+        let node_blank = python_blank
+            .with_node(Path::new("/usr/bin/node"), Path::new("/state/runtime/node"))
+            .unwrap();
+        let (p, n) = (python_blank.ops(), node_blank.ops());
+        assert_eq!(&n[..p.len()], p, "everything of a Python blank, in order");
+        let ro = RO_BIND_REMOUNT;
+        assert_eq!(
+            &n[p.len()..],
+            [
+                Op::Mount {
+                    source: Some("/usr/bin/node".into()),
+                    target: NODE_BINARY.into(),
+                    fstype: None,
+                    flags: MS_BIND,
+                    data: None,
+                    kind: MountKind::File,
+                },
+                Op::Remount {
+                    target: NODE_BINARY.into(),
+                    flags: ro,
+                },
+                Op::Mount {
+                    source: Some("/state/runtime/node".into()),
+                    target: NODE_RUNTIME_DIR.into(),
+                    fstype: None,
+                    flags: MS_BIND,
+                    data: None,
+                    kind: MountKind::Dir,
+                },
+                Op::Remount {
+                    target: NODE_RUNTIME_DIR.into(),
+                    flags: ro | flags(libc::MS_NOEXEC),
+                },
+            ]
+        );
+        // The rendered plan carries the same ops.
+        let plan: Value = serde_json::from_str(
+            &serde_json::to_string(&node_blank.for_env("e-1", vec![])).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(plan["ops"].as_array().unwrap().len(), n.len());
+        assert!(python_blank
+            .with_node(Path::new("node"), Path::new("/x"))
+            .is_err());
     }
 
     /// The first JSON block after `heading` in docs/architecture.md.

@@ -88,6 +88,8 @@ pub struct Env {
     /// For a blank made for a container image function: the code revision
     /// whose root it is pivoted into (server/image.rs); it serves only that.
     pub image_root: Option<u64>,
+    /// Which runtimes it can become: a node blank holds a started node.
+    pub kind: BlankKind,
     /// Set when the environment became ready; reported by its first invoke.
     pub init_duration: Option<Duration>,
     /// Initialised ahead of time for provisioned concurrency: kept warm (never
@@ -115,6 +117,30 @@ pub struct WorkerLine<'a> {
     pub error: Option<&'a serde_json::value::RawValue>,
 }
 
+/// The two kinds of blank: a Python blank becomes a python3 or provided
+/// environment, a node blank (B with a pre-started node) a nodejs one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlankKind {
+    Python,
+    Node,
+}
+
+impl BlankKind {
+    pub fn of(runtime: crate::config::Runtime) -> BlankKind {
+        match runtime {
+            crate::config::Runtime::Nodejs => BlankKind::Node,
+            crate::config::Runtime::Python3 | crate::config::Runtime::Provided => BlankKind::Python,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlankKind::Python => "python",
+            BlankKind::Node => "node",
+        }
+    }
+}
+
 pub struct NewEnv {
     pub id: u64,
     pub env_id: String,
@@ -127,6 +153,7 @@ pub struct NewEnv {
     pub limits: Limits,
     pub zygote_generation: u64,
     pub reserved_for: Option<String>,
+    pub kind: BlankKind,
 }
 
 impl Env {
@@ -154,6 +181,7 @@ impl Env {
             phase_started: Instant::now(),
             reserved_for: n.reserved_for,
             image_root: None,
+            kind: n.kind,
             init_duration: None,
             provisioned: false,
             zygote_generation: n.zygote_generation,

@@ -22,6 +22,9 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Blanks kept ready: enough for a few concurrent cold starts, few enough
 /// that an idle host holds only some MB for them.
 pub const DEFAULT_PREWARM: usize = 4;
+/// `serve --prewarm-node`: node blanks hold a started node each (about 40 MB),
+/// so fewer are kept, and only while a nodejs function exists.
+pub const DEFAULT_PREWARM_NODE: usize = 2;
 /// How long an Event invoke's idempotency key is remembered.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(3600);
 pub use concurrency::{DEFAULT_MAX_CONCURRENCY, UNRESERVED_MIN};
@@ -33,11 +36,14 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     pub cgroup_parent: Option<PathBuf>,
     pub python: Option<PathBuf>,
+    pub node: Option<PathBuf>,
     pub keep_alive: Duration,
     pub socket_mode: u32,
     pub socket_group: Option<String>,
     /// Blank environments kept ready for cold starts.
     pub prewarm: usize,
+    /// Node.js blanks kept ready while a nodejs function exists.
+    pub prewarm_node: usize,
     /// The account's concurrency limit: invocations in flight at once.
     pub max_concurrency: u32,
     /// Multiplies the asynchronous queue's clock: retry delays (Lambda's

@@ -19,7 +19,7 @@ use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag,
 use serde_json::value::RawValue;
 
 use super::concurrency::{Account, Counter};
-use super::env::{Env, EnvState, NewEnv, WorkerLine, LOG_READ_BUDGET};
+use super::env::{BlankKind, Env, EnvState, NewEnv, WorkerLine, LOG_READ_BUDGET};
 use super::invoke::{self, Invocation, Outcome};
 use super::logs::{LogStore, TailBuffer};
 use super::pidfd::{self, PidFd};
@@ -35,7 +35,7 @@ use crate::protocol::{
 };
 use crate::registry::{Function, Registry};
 use crate::sandbox::cgroup::{CgroupManager, Limits};
-use crate::sandbox::host::{self, HostLayout, HostPython};
+use crate::sandbox::host::{self, HostLayout, HostNode, HostPython};
 use crate::sandbox::plan::LANG_DIR;
 use crate::sandbox::plan::{BlankInputs, BlankTemplate, SpecInputs, SpecTemplate};
 use crate::sandbox::seccomp;
@@ -164,9 +164,14 @@ pub struct Supervisor {
     blank_runtime: Box<RawValue>,
     /// What container image functions' blanks are made of (server/image.rs).
     image_host: image::ImageHost,
-    /// Blanks ready to be specialised, and no blank is made before this
-    /// instant (after one failed, so a broken host does not spin).
+    /// The host's node, and how node blanks are made (None: no nodejs
+    /// runtime on this host).
+    node: Option<NodeBlanks>,
+    /// Blanks ready to be specialised (Python ones, then node ones), and no
+    /// blank is made before this instant (after one failed, so a broken host
+    /// does not spin).
     blanks: Vec<u64>,
+    node_blanks: Vec<u64>,
     blank_backoff_until: Instant,
     conns: HashMap<Token, Conn>,
     owners: HashMap<Token, Owner>,
@@ -222,6 +227,11 @@ impl Supervisor {
             python.executable.display(),
             python.base_prefix.display()
         );
+        let host_node = HostNode::discover(opts.node.as_deref())?;
+        match &host_node {
+            Some(node) => info!("node {} at {}", node.version, node.executable.display()),
+            None => info!("no node on PATH: the nodejs runtime is unavailable"),
+        }
         let proc_self_cgroup = std::fs::read_to_string("/proc/self/cgroup")?;
         let cgroups = CgroupManager::detect(
             Path::new("/sys/fs/cgroup"),
@@ -286,6 +296,17 @@ impl Supervisor {
             })
             .to_string(),
         )?;
+        let node = match host_node {
+            Some(host) => {
+                let runtime_dir = zygote::install_node_runtime(state_dir)?;
+                Some(NodeBlanks {
+                    template: blank_template.with_node(&host.executable, &runtime_dir)?,
+                    runtime: node_blank_runtime(&python, &seccomp_bpf)?,
+                    host,
+                })
+            }
+            None => None,
+        };
         let max_concurrency = opts.max_concurrency;
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), STORE)?);
         let (store, loaded) = Store::open(state_dir, waker)?;
@@ -342,7 +363,9 @@ impl Supervisor {
                 host: host_layout,
                 cap_last_cap,
             },
+            node,
             blanks: Vec::new(),
+            node_blanks: Vec::new(),
             blank_backoff_until: Instant::now(),
             conns: HashMap::new(),
             owners: HashMap::new(),
@@ -890,10 +913,19 @@ impl Supervisor {
 
     fn op_create(&mut self, t: Token, params: &str) -> Result<String, WireError> {
         let req: protocol::CreateFunction = parse(params)?;
+        self.check_runtime_available(Some(&req.runtime))?;
         self.check_code_path(t, &req.code, "Code")?;
         let f = self.registry.create(&req)?;
         info!("created function {}", f.spec.name);
-        Ok(ok_json(&f.configuration()))
+        let (answer, node) = (
+            ok_json(&f.configuration()),
+            f.spec.runtime == Runtime::Nodejs,
+        );
+        if node {
+            // Node blanks are made while a nodejs function exists.
+            self.refill_blanks();
+        }
+        Ok(answer)
     }
 
     fn op_update_code(&mut self, t: Token, params: &str) -> Result<String, WireError> {
@@ -908,6 +940,7 @@ impl Supervisor {
 
     fn op_update_config(&mut self, params: &str) -> Result<String, WireError> {
         let req: protocol::UpdateFunctionConfiguration = parse(params)?;
+        self.check_runtime_available(req.runtime.as_deref())?;
         let f = self.registry.update_configuration(&req)?;
         let (name, conf) = (f.spec.name.clone(), f.configuration());
         self.retire_function_envs(&name);
@@ -1081,15 +1114,10 @@ impl Supervisor {
                 self.starved.insert(function.to_string());
                 break;
             }
-            let started = match self.take_pooled_blank(function) {
-                Some(blank) => self
-                    .specialize(blank, function, false)
-                    .inspect_err(|_| self.destroy_env(blank, EndReason::Failed)),
-                None => self.spawn_blank(Some(function.to_string())).map(|_| ()),
-            };
+            let started = self.start_env(function, false);
             let pool = self.pools.get_mut(function).expect("exists");
             match started {
-                Ok(()) => {
+                Ok(_) => {
                     pool.starting += 1;
                     started_here += 1;
                 }
@@ -1107,7 +1135,9 @@ impl Supervisor {
         // Blanks taken here are replaced once the environments they became
         // have answered (or at the next housekeeping): making one now would
         // compete with those cold starts for the CPU.
-        if self.blanks.is_empty() && self.opts.prewarm > 0 {
+        if (self.blanks.is_empty() && self.opts.prewarm > 0)
+            || (self.node_blanks.is_empty() && self.node.is_some() && self.opts.prewarm_node > 0)
+        {
             self.refill_blanks();
         }
         started_here
@@ -1193,12 +1223,66 @@ impl Supervisor {
         }
     }
 
+    /// Start an environment for `function`: specialise a ready blank of its
+    /// kind, or make one for it when none is ready. The new environment's id.
+    fn start_env(
+        &mut self,
+        function: &str,
+        provisioned: bool,
+    ) -> Result<u64, Box<dyn std::error::Error>> {
+        let runtime = self
+            .registry
+            .get(function)
+            .ok_or_else(|| format!("function {function} vanished"))?
+            .spec
+            .runtime;
+        let kind = BlankKind::of(runtime);
+        match self.take_pooled_blank(function, kind) {
+            Some(blank) => {
+                self.specialize(blank, function, provisioned)
+                    .inspect_err(|_| self.destroy_env(blank, EndReason::Failed))?;
+                Ok(blank)
+            }
+            None => {
+                let id = self.spawn_blank(Some(function.to_string()), kind)?;
+                if let Some(env) = self.envs.get_mut(&id) {
+                    env.provisioned = provisioned;
+                }
+                Ok(id)
+            }
+        }
+    }
+
+    fn ready_blanks(&mut self, kind: BlankKind) -> &mut Vec<u64> {
+        match kind {
+            BlankKind::Python => &mut self.blanks,
+            BlankKind::Node => &mut self.node_blanks,
+        }
+    }
+
+    /// A function may only be given a runtime this host has.
+    fn check_runtime_available(&self, runtime: Option<&str>) -> Result<(), WireError> {
+        let Some(Ok(Runtime::Nodejs)) = runtime.map(Runtime::parse) else {
+            return Ok(());
+        };
+        if self.node.is_none() {
+            return Err(WireError::invalid(format!(
+                "Runtime {}: this host has no node (none on the supervisor's PATH): \
+                 install Node.js or start lambdalet serve with --node PATH",
+                runtime.unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
     /// Start a blank environment: namespaced and pivoted into the generic
     /// root by the zygote's child, waiting to be given a function. Made ahead
-    /// of time (`--prewarm`), or for `reserved_for` when none was ready.
+    /// of time (`--prewarm`, `--prewarm-node`), or for `reserved_for` when
+    /// none was ready. A node blank starts its node before it says `blank`.
     fn spawn_blank(
         &mut self,
         reserved_for: Option<String>,
+        kind: BlankKind,
     ) -> Result<u64, Box<dyn std::error::Error>> {
         let id = self.next_env;
         self.next_env += 1;
@@ -1224,15 +1308,38 @@ impl Supervisor {
         // Only our end is non-blocking: the function's stdout stays blocking.
         zygote::set_nonblocking(log_r.as_raw_fd())?;
 
-        let (plan, runtime, image_root) =
-            match self.blank_request(reserved_for.as_deref(), &env_id, cgroup.procs_files()) {
-                Ok(request) => request,
-                Err(e) => {
-                    let _ = cgroup.remove();
-                    return Err(e);
+        // A Python blank made for a container image function has the
+        // image's root (server/image.rs).
+        let mut image_root = None;
+        let message = match (kind, self.node.as_ref()) {
+            (BlankKind::Python, _) => {
+                match self.blank_request(reserved_for.as_deref(), &env_id, cgroup.procs_files()) {
+                    Ok((plan, runtime, root)) => {
+                        image_root = root;
+                        spawn_message(&env_id, &plan, &runtime)
+                    }
+                    Err(e) => {
+                        let _ = cgroup.remove();
+                        return Err(e);
+                    }
                 }
-            };
-        let message = spawn_message(&env_id, &plan, &runtime)?;
+            }
+            (BlankKind::Node, Some(node)) => {
+                let plan = node.template.for_env(&env_id, cgroup.procs_files());
+                spawn_message(&env_id, &plan, &node.runtime)
+            }
+            (BlankKind::Node, None) => {
+                let _ = cgroup.remove();
+                return Err("this host has no node: the nodejs runtime is unavailable".into());
+            }
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e.into());
+            }
+        };
         let Some(zygote) = self.zygote.as_mut() else {
             let _ = cgroup.remove();
             return Err("the python zygote is not running".into());
@@ -1258,6 +1365,7 @@ impl Supervisor {
             limits,
             zygote_generation: generation,
             reserved_for,
+            kind,
         });
         env.image_root = image_root;
         self.poll
@@ -1285,6 +1393,15 @@ impl Supervisor {
             .get(function)
             .ok_or_else(|| format!("function {function} vanished"))?;
         let spec = f.spec.clone();
+        let kind = self.envs.get(&id).map(|e| e.kind);
+        if kind != Some(BlankKind::of(spec.runtime)) {
+            return Err(format!(
+                "{function} runs {}, which a {} blank cannot become",
+                spec.runtime,
+                kind.map_or("vanished", BlankKind::as_str)
+            )
+            .into());
+        }
         let (revision_id, code_revision) = (f.revision_id.clone(), f.code_revision);
         let pool = self.pools.entry(function.to_string()).or_default();
         if pool
@@ -1315,7 +1432,12 @@ impl Supervisor {
         } else {
             InitType::OnDemand
         };
-        let mut runtime = runtime_section(&spec, &self.python, init);
+        let mut runtime = runtime_section(
+            &spec,
+            &self.python,
+            self.node.as_ref().map(|n| &n.host),
+            init,
+        );
         if spec.image.is_some() {
             runtime = image::image_runtime(&runtime, f)?;
         }
@@ -1344,30 +1466,54 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Keep `--prewarm` blanks ready or on their way.
+    /// Keep `--prewarm` Python blanks, and `--prewarm-node` node blanks
+    /// while a nodejs function exists, ready or on their way.
     fn refill_blanks(&mut self) {
-        // Cheap test first: this runs after every invoke.
-        if self.blanks.len() >= self.opts.prewarm
+        // Cheap tests first: this runs after every invoke.
+        let node_short = self.node.is_some() && self.node_blanks.len() < self.opts.prewarm_node;
+        if (self.blanks.len() >= self.opts.prewarm && !node_short)
             || self.shutting_down
             || Instant::now() < self.blank_backoff_until
         {
             return;
         }
-        let on_the_way = self
-            .envs
-            .values()
-            .filter(|e| {
-                matches!(e.state, EnvState::Blank { ready: false }) && e.reserved_for.is_none()
-            })
-            .count();
-        let mut have = self.blanks.len() + on_the_way;
-        while have < self.opts.prewarm && self.starting_count() < self.max_starting() {
-            if let Err(e) = self.spawn_blank(None) {
-                info!("cannot make a blank environment: {e}; retrying in {BLANK_BACKOFF:?}");
-                self.blank_backoff_until = Instant::now() + BLANK_BACKOFF;
-                return;
+        let has_node_functions = node_short
+            && self
+                .registry
+                .list()
+                .any(|f| f.spec.runtime == Runtime::Nodejs);
+        for (kind, want) in [
+            (BlankKind::Python, self.opts.prewarm),
+            (
+                BlankKind::Node,
+                if has_node_functions {
+                    self.opts.prewarm_node
+                } else {
+                    0
+                },
+            ),
+        ] {
+            let on_the_way = self
+                .envs
+                .values()
+                .filter(|e| {
+                    e.kind == kind
+                        && matches!(e.state, EnvState::Blank { ready: false })
+                        && e.reserved_for.is_none()
+                })
+                .count();
+            let mut have = self.ready_blanks(kind).len() + on_the_way;
+            while have < want && self.starting_count() < self.max_starting() {
+                if let Err(e) = self.spawn_blank(None, kind) {
+                    info!(
+                        "cannot make a {} blank environment: {e}; retrying in {BLANK_BACKOFF:?}",
+                        kind.as_str()
+                    );
+                    self.blank_backoff_until = Instant::now() + BLANK_BACKOFF;
+                    return;
+                }
+                have += 1;
             }
-            have += 1;
         }
     }
 
@@ -1513,7 +1659,8 @@ impl Supervisor {
                         env.reserved_for = None;
                         env.provisioned = false;
                         env.state = EnvState::Blank { ready: true };
-                        self.blanks.push(id);
+                        let kind = env.kind;
+                        self.ready_blanks(kind).push(id);
                         // A waiting invoke of any function may take it.
                         self.schedule_waiting();
                     }
@@ -2030,6 +2177,7 @@ impl Supervisor {
             pool.idle_provisioned.retain(|&e| e != id);
         }
         self.blanks.retain(|&e| e != id);
+        self.node_blanks.retain(|&e| e != id);
         if let EnvState::Busy(mut inv) = std::mem::replace(&mut env.state, EnvState::Starting) {
             let refs: Vec<&str> = inv.log.iter().map(String::as_str).collect();
             let _ = self.logs.append(&env.function, &refs);
@@ -2467,6 +2615,47 @@ fn specialize_line(
     Ok(v)
 }
 
+/// How node blanks are made: the host's node, the blank plan with node and
+/// the runtime bound in, and the spawn request's runtime section.
+struct NodeBlanks {
+    host: HostNode,
+    template: BlankTemplate,
+    runtime: Box<RawValue>,
+}
+
+/// V8 sizes its heap from the memory limit it sees at start, and a node
+/// blank starts in the smallest function's cgroup (128 MB: a 259 MB heap
+/// limit) before any function is chosen. So every node blank gets the heap
+/// limit Lambda gives its largest function (90% of 10,240 MB); each
+/// function's memory is enforced by its cgroup.
+const NODE_MAX_OLD_SPACE_MB: u32 = 9216;
+
+/// The spawn request's runtime section for a node blank: the Python
+/// blank's, and how B's child execs node (docs/architecture.md § Node.js
+/// environments).
+fn node_blank_runtime(
+    python: &HostPython,
+    seccomp_bpf: &[u8],
+) -> Result<Box<RawValue>, serde_json::Error> {
+    use base64::Engine as _;
+    RawValue::from_string(
+        serde_json::json!({
+            "python_prefix_host": python.base_prefix,
+            "python_prefix_sandbox": LANG_DIR,
+            "node": {
+                "path": crate::sandbox::plan::NODE_BINARY,
+                "args": [
+                    format!("--max-old-space-size={NODE_MAX_OLD_SPACE_MB}"),
+                    "--expose-gc",
+                    format!("{}/bootstrap.js", crate::sandbox::plan::NODE_RUNTIME_DIR),
+                ],
+                "seccomp_bpf": base64::engine::general_purpose::STANDARD.encode(seccomp_bpf),
+            },
+        })
+        .to_string(),
+    )
+}
+
 /// Where a custom runtime's bootstrap finds the Runtime API
 /// (`AWS_LAMBDA_RUNTIME_API`, as on Lambda): its own loopback, since each
 /// environment has its own network namespace.
@@ -2474,7 +2663,12 @@ const RUNTIME_API_ADDRESS: &str = "127.0.0.1:9001";
 
 /// The runtime section of a spawn request (docs/architecture.md § runtime):
 /// the handler and the environment variables Lambda defines.
-fn runtime_section(spec: &FunctionSpec, python: &HostPython, init: InitType) -> Box<RawValue> {
+fn runtime_section(
+    spec: &FunctionSpec,
+    python: &HostPython,
+    node: Option<&HostNode>,
+    init: InitType,
+) -> Box<RawValue> {
     let name = &spec.name;
     let mut env: std::collections::BTreeMap<String, String> = spec.environment.clone();
     let log_stream = format!(
@@ -2488,7 +2682,6 @@ fn runtime_section(spec: &FunctionSpec, python: &HostPython, init: InitType) -> 
         .take(2)
         .collect::<Vec<_>>()
         .join(".");
-    let provided = spec.runtime == Runtime::Provided;
     let mut reserved = vec![
         ("AWS_LAMBDA_FUNCTION_NAME", name.clone()),
         (
@@ -2508,7 +2701,30 @@ fn runtime_section(spec: &FunctionSpec, python: &HostPython, init: InitType) -> 
         ("LANG", "en_US.UTF-8".to_string()),
         ("HOME", "/tmp".to_string()),
     ];
-    if provided {
+    if spec.runtime == Runtime::Nodejs {
+        // As Lambda's nodejsNN.x: the runtime's paths, then the layers'
+        // node_modules (NODE_PATH applies to require(), not to import).
+        let major = node.map(HostNode::major).unwrap_or("20");
+        reserved.extend([
+            ("AWS_EXECUTION_ENV", format!("AWS_Lambda_nodejs{major}.x")),
+            (
+                "PATH",
+                "/var/runtime/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_string(),
+            ),
+            (
+                "LD_LIBRARY_PATH",
+                "/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
+                    .to_string(),
+            ),
+            (
+                "NODE_PATH",
+                format!(
+                    "/opt/nodejs/node{major}/node_modules:/opt/nodejs/node_modules:\
+                     /var/runtime/node_modules:/var/runtime:/var/task"
+                ),
+            ),
+        ]);
+    } else if spec.runtime == Runtime::Provided {
         // As on provided.al2023: no AWS_EXECUTION_ENV, no language paths;
         // the Runtime API's address (the runtime may move it off 9001 if
         // that port is taken, on the host's network).

@@ -34,6 +34,29 @@ const PYTHON_RUNTIME: &[(&str, &str)] = &[
         "provided.py",
         include_str!("../../runtimes/python/provided.py"),
     ),
+    (
+        "nodehost.py",
+        include_str!("../../runtimes/python/nodehost.py"),
+    ),
+];
+
+/// The Node.js runtime files (docs/architecture.md § Node.js environments),
+/// bound read-only into node environments at /var/runtime/node.
+const NODE_RUNTIME: &[(&str, &str)] = &[
+    (
+        "bootstrap.js",
+        include_str!("../../runtimes/node/bootstrap.js"),
+    ),
+    ("channel.js", include_str!("../../runtimes/node/channel.js")),
+    ("errors.js", include_str!("../../runtimes/node/errors.js")),
+    ("invoke.js", include_str!("../../runtimes/node/invoke.js")),
+    ("loader.js", include_str!("../../runtimes/node/loader.js")),
+    ("logging.js", include_str!("../../runtimes/node/logging.js")),
+    (
+        "package.json",
+        include_str!("../../runtimes/node/package.json"),
+    ),
+    ("prime.mjs", include_str!("../../runtimes/node/prime.mjs")),
 ];
 
 /// The zygote's end of the channel is this fd in the zygote.
@@ -45,7 +68,7 @@ const MAX_REPORT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZygoteError {
-    #[error("cannot write the Python runtime to {path}: {source}")]
+    #[error("cannot write the runtime file {path}: {source}")]
     WriteRuntime { path: PathBuf, source: io::Error },
     #[error("cannot create the zygote channel: {0}")]
     Channel(#[source] nix::Error),
@@ -91,10 +114,19 @@ pub struct Zygote {
     closed: bool,
 }
 
-/// Write the embedded runtime files below `dir` (state dir), returning the dir.
+/// Write the embedded Python runtime below `dir` (state dir), returning the dir.
 pub fn install_python_runtime(dir: &Path) -> Result<PathBuf, ZygoteError> {
-    let dir = dir.join("runtime").join("python");
-    for (name, text) in PYTHON_RUNTIME {
+    install_runtime(&dir.join("runtime").join("python"), PYTHON_RUNTIME)
+}
+
+/// Write the embedded Node.js runtime below `dir` (state dir), returning the dir.
+pub fn install_node_runtime(dir: &Path) -> Result<PathBuf, ZygoteError> {
+    install_runtime(&dir.join("runtime").join("node"), NODE_RUNTIME)
+}
+
+fn install_runtime(dir: &Path, files: &[(&str, &str)]) -> Result<PathBuf, ZygoteError> {
+    let dir = dir.to_owned();
+    for (name, text) in files {
         let path = dir.join(name);
         let write = || -> io::Result<()> {
             std::fs::create_dir_all(&dir)?;

@@ -182,7 +182,8 @@ impl Supervisor {
             concurrency_limit: u64::from(self.account.max()),
             unreserved_concurrency: u64::from(self.account.unreserved_limit()),
             concurrent_executions: u64::from(self.account.in_flight()),
-            blank_environments: self.blanks.len() as u64,
+            blank_environments: (self.blanks.len() + self.node_blanks.len()) as u64,
+            node_blank_environments: self.node_blanks.len() as u64,
             environments: self.envs.len() as u64,
         };
         Ok(ok_json(&self.metrics.snapshot(&gauges, account)))
@@ -291,16 +292,7 @@ impl Supervisor {
             if self.starting_count() >= self.max_starting() {
                 break;
             }
-            let started = match self.take_pooled_blank(function) {
-                Some(blank) => self
-                    .specialize(blank, function, true)
-                    .inspect_err(|_| self.destroy_env(blank, EndReason::Failed)),
-                None => self.spawn_blank(Some(function.to_string())).map(|id| {
-                    if let Some(env) = self.envs.get_mut(&id) {
-                        env.provisioned = true;
-                    }
-                }),
-            };
+            let started = self.start_env(function, true);
             if let Err(e) = started {
                 info!("{function}: cannot make a provisioned environment: {e}");
                 let pool = self.pools.entry(function.to_string()).or_default();
@@ -309,7 +301,7 @@ impl Supervisor {
                 break;
             }
         }
-        if self.blanks.is_empty() {
+        if self.blanks.is_empty() || self.node_blanks.is_empty() {
             self.refill_blanks();
         }
     }

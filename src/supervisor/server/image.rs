@@ -15,6 +15,7 @@ use crate::registry::Function;
 use crate::sandbox::host::HostLayout;
 use crate::sandbox::plan::image::{blank_plan, ImageBlankInputs, ImageSpecInputs};
 use crate::sandbox::plan::{BlankPlan, SpecTemplate};
+use crate::supervisor::env::BlankKind;
 
 /// What an image blank's plan needs of the host, kept from start-up.
 pub(super) struct ImageHost {
@@ -39,13 +40,13 @@ impl Supervisor {
             .is_some_and(|f| f.spec.image.is_some())
     }
 
-    /// A ready blank of the pool for `function`, if one can serve it: never
+    /// A ready blank of `kind` for `function`, if one can serve it: never
     /// for an image function, whose root is its own.
-    pub(super) fn take_pooled_blank(&mut self, function: &str) -> Option<u64> {
+    pub(super) fn take_pooled_blank(&mut self, function: &str, kind: BlankKind) -> Option<u64> {
         if self.is_image(function) {
             return None;
         }
-        self.blanks.pop()
+        self.ready_blanks(kind).pop()
     }
 
     /// The spawn request's `sandbox` and `runtime` for a blank made for
