@@ -2430,6 +2430,18 @@ impl Supervisor {
         for id in expired {
             self.destroy_env(id, EndReason::Reclaimed);
         }
+        // Node blanks (a started node each) are kept only while a nodejs
+        // function exists.
+        if !self.node_blanks.is_empty()
+            && !self
+                .registry
+                .list()
+                .any(|f| f.spec.runtime == Runtime::Nodejs)
+        {
+            for id in std::mem::take(&mut self.node_blanks) {
+                self.destroy_env(id, EndReason::Reclaimed);
+            }
+        }
         let tracked: BTreeSet<i32> = self
             .envs
             .values()
