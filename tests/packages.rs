@@ -827,3 +827,82 @@ fn crc32_of_zeros(len: u64) -> u32 {
     }
     !crc
 }
+
+#[test]
+fn invokes_are_served_while_a_package_is_unpacked() {
+    if !require_root() {
+        return;
+    }
+    let sup = Supervisor::start();
+    let mut c = Checks::new("packages are unpacked off the supervisor's loop");
+    sup.create_python("fast", &[("app.py", APP)], "app.handler", json!({}));
+    c.eq("warm", sup.invoke_ok("fast", json!(1)), json!({"ok": 1}));
+
+    // 300 MiB of zeros in ~2 MB: unpacking writes 250 MB before it stops
+    // at the limit, which takes hundreds of ms. A file on the host (Path),
+    // so that the request itself is small and its time is the unpacking's.
+    let bomb = zip_of_deflate(&[Raw {
+        name: "zeros.bin",
+        data: &deflated_zeros(300 << 20),
+        declared: 1024,
+        crc: 0,
+    }]);
+    let bomb_dir = tempfile::tempdir().unwrap();
+    let bomb_path = bomb_dir.path().join("bomb.zip");
+    fs::write(&bomb_path, &bomb).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let socket = sup.socket.clone();
+    let prober = std::thread::spawn(move || {
+        let mut client = common::Client::connect(&socket);
+        let mut answered = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            let sent = Instant::now();
+            let r = client.invoke("fast", json!(2));
+            answered.push((sent, Instant::now(), r.get("FunctionError").is_none()));
+        }
+        answered
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let start = Instant::now();
+    let r = create(&sup, "bomb", json!({"Path": bomb_path.to_str().unwrap()}));
+    let end = Instant::now();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answered = prober.join().unwrap();
+    refused(&mut c, "the zip bomb", r, &["\"zeros.bin\""]);
+    let took = end - start;
+    c.check(
+        answered.iter().all(|(_, _, ok)| *ok),
+        "every invoke succeeded",
+    );
+    // The longest wait between two invoke answers while the CreateFunction
+    // was in flight (its upload included). A loop that unpacked the package
+    // itself would answer nothing for as long as the unpacking takes.
+    let mut times: Vec<Instant> = answered
+        .iter()
+        .map(|(_, done, _)| *done)
+        .filter(|done| *done >= start && *done <= end)
+        .collect();
+    times.insert(0, start);
+    times.push(end);
+    let gap = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "the zip bomb took {:.0} ms to refuse; {} invokes answered meanwhile, at most {:.0} ms apart",
+        took.as_secs_f64() * 1e3,
+        times.len() - 2,
+        gap.as_secs_f64() * 1e3
+    );
+    c.check(
+        gap * 2 < took,
+        format!(
+            "invokes kept being answered: the longest gap, {:.0} ms, is under half of the {:.0} ms of unpacking",
+            gap.as_secs_f64() * 1e3,
+            took.as_secs_f64() * 1e3
+        ),
+    );
+    c.finish();
+}

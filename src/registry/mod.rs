@@ -56,6 +56,8 @@ use package::{Limits, PackageError, Source};
 pub const UID_RANGE: RangeInclusive<u32> = 11000..=59999;
 
 const FUNCTIONS_DIR: &str = "functions";
+/// Packages being unpacked off the supervisor's loop ([`StageJob`]).
+const STAGING_DIR: &str = "staging";
 const RECORD_FILE: &str = "function.json";
 const TOMBSTONE_FILE: &str = "deleted.json";
 const CODE_DIR: &str = "code";
@@ -313,11 +315,79 @@ impl From<RegistryError> for WireError {
     }
 }
 
+/// A package or image unpacked by a [`StageJob`], off the supervisor's loop,
+/// waiting in the state dir's `staging` directory to become a revision (a
+/// rename) in the operation it was staged for.
+#[derive(Debug)]
+pub enum Staged {
+    Code {
+        dir: PathBuf,
+        installed: package::Installed,
+    },
+    Image {
+        dir: PathBuf,
+        installed: image::InstalledImage,
+    },
+}
+
+impl Staged {
+    /// Where it waits; gone once an operation took it.
+    pub fn dir(&self) -> &Path {
+        match self {
+            Staged::Code { dir, .. } | Staged::Image { dir, .. } => dir,
+        }
+    }
+}
+
+/// The slow half of CreateFunction, UpdateFunctionCode and
+/// PublishLayerVersion, which needs nothing of the registry: decode, check
+/// and unpack the package (or the image) into the staging directory. It is
+/// `Send`: the supervisor runs it on a thread of its own.
+#[derive(Debug)]
+pub struct StageJob {
+    code: FunctionCode,
+    field: &'static str,
+    limits: Limits,
+    dest: PathBuf,
+}
+
+impl StageJob {
+    /// Where the package goes (also where its leftovers are).
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    pub fn run(self) -> Result<Staged, RegistryError> {
+        if let Some(uri) = self.code.image_uri.as_deref() {
+            if self.code.zip_file.is_some() || self.code.path.is_some() {
+                return Err(RegistryError::CodeSource(format!(
+                    "send {}.ImageUri alone: an image takes no ZipFile or Path",
+                    self.field
+                )));
+            }
+            let installed = image::install(uri, &self.dest, &image::ImageLimits::LAMBDA)
+                .map_err(|source| RegistryError::Image { source })?;
+            return Ok(Staged::Image {
+                dir: self.dest,
+                installed,
+            });
+        }
+        let source = code_source(&self.code, self.field, &self.limits)?;
+        let installed = package::install(&source, &self.dest, &self.limits)?;
+        Ok(Staged::Code {
+            dir: self.dest,
+            installed,
+        })
+    }
+}
+
 /// The functions of one state dir.
 #[derive(Debug)]
 pub struct Registry {
     /// `<state_dir>/functions`, absolute.
     functions_dir: PathBuf,
+    /// `<state_dir>/staging`: packages unpacked off the loop ([`StageJob`]).
+    staging_dir: PathBuf,
     functions: BTreeMap<String, Function>,
     layers: LayerStore,
     limits: Limits,
@@ -339,8 +409,16 @@ impl Registry {
             })?;
         let functions_dir = state_dir.join(FUNCTIONS_DIR);
         create_dir(&functions_dir)?;
+        // What a stopped supervisor was unpacking is of no operation now.
+        let staging_dir = state_dir.join(STAGING_DIR);
+        remove_tree(&staging_dir).map_err(|source| RegistryError::CreateDir {
+            path: staging_dir.clone(),
+            source,
+        })?;
+        create_dir(&staging_dir)?;
         let mut registry = Registry {
             functions_dir,
+            staging_dir,
             functions: BTreeMap::new(),
             layers: LayerStore::open(&state_dir)?,
             limits: Limits::LAMBDA,
@@ -400,8 +478,49 @@ impl Registry {
         self.functions.values()
     }
 
+    /// The slow half of an operation on `code` (`field`: `Code` or
+    /// `Content`), to run anywhere; its result goes to the `*_staged` form of
+    /// the operation.
+    pub fn stage_job(&self, code: FunctionCode, field: &'static str) -> StageJob {
+        StageJob {
+            code,
+            field,
+            limits: self.limits,
+            dest: self
+                .staging_dir
+                .join(uuid::Uuid::new_v4().simple().to_string()),
+        }
+    }
+
+    /// What CreateFunction checks before its package is unpacked: the
+    /// settings, the name is free, the layers exist.
+    pub fn precheck_create(&self, req: &CreateFunction) -> Result<(), RegistryError> {
+        let spec = FunctionSpec::from_create(req)?;
+        if self.functions.contains_key(&spec.name) {
+            return Err(RegistryError::AlreadyExists { name: spec.name });
+        }
+        self.resolve_layers(req.layers.as_deref().unwrap_or(&[]))?;
+        Ok(())
+    }
+
+    /// What UpdateFunctionCode checks before its package is unpacked: the
+    /// function exists.
+    pub fn precheck_update_code(&self, req: &UpdateFunctionCode) -> Result<(), RegistryError> {
+        self.existing(&req.function_name).map(drop)
+    }
+
     /// CreateFunction.
     pub fn create(&mut self, req: &CreateFunction) -> Result<&Function, RegistryError> {
+        self.create_staged(req, None)
+    }
+
+    /// CreateFunction, with its package or image unpacked already
+    /// ([`StageJob`]); `None`: unpacked here.
+    pub fn create_staged(
+        &mut self,
+        req: &CreateFunction,
+        staged: Option<Staged>,
+    ) -> Result<&Function, RegistryError> {
         let spec = FunctionSpec::from_create(req)?;
         let name = spec.name.clone();
         if self.functions.contains_key(&name) {
@@ -409,9 +528,18 @@ impl Registry {
         }
         let layers = self.resolve_layers(req.layers.as_deref().unwrap_or(&[]))?;
         // An image is read by create_in, from spec.image.
-        let source = match &spec.image {
-            Some(_) => None,
-            None => Some(self.code_source(&req.code, "Code")?),
+        let (source, staged_image) = match (&spec.image, staged) {
+            (Some(_), Some(Staged::Image { dir, installed })) => (None, Some((dir, installed))),
+            (Some(_), None) => (None, None),
+            (None, Some(Staged::Code { dir, installed })) => {
+                (Some(Source::Staged { dir, installed }), None)
+            }
+            (None, None) => (Some(self.code_source(&req.code, "Code")?), None),
+            (_, Some(_)) => {
+                return Err(RegistryError::CodeSource(
+                    "Code: an image for a function of PackageType Zip, or a package for one of PackageType Image".into(),
+                ))
+            }
         };
         let dir = self.functions_dir.join(&name);
         let tombstone = read_tombstone(&dir.join(TOMBSTONE_FILE));
@@ -420,7 +548,7 @@ impl Registry {
             None => self.allocate_uid()?,
         };
         let fresh = !dir.exists();
-        let result = self.create_in(&dir, spec, uid, source.as_ref(), &layers);
+        let result = self.create_in(&dir, spec, uid, source.as_ref(), staged_image, &layers);
         if result.is_err() && fresh {
             // Nothing of a function that never existed stays behind.
             let _ = remove_tree(&dir);
@@ -437,6 +565,7 @@ impl Registry {
         spec: FunctionSpec,
         uid: u32,
         source: Option<&Source>,
+        staged_image: Option<(PathBuf, image::InstalledImage)>,
         layers: &[layers::Resolved],
     ) -> Result<Function, RegistryError> {
         create_dir(dir)?;
@@ -451,7 +580,8 @@ impl Registry {
                 .as_ref()
                 .map(|i| i.config.clone())
                 .unwrap_or_default();
-            let (code_revision, code_dir, installed) = self.install_image(dir, &uri, &config)?;
+            let (code_revision, code_dir, installed) =
+                self.install_image(dir, &uri, &config, staged_image)?;
             let function = Function {
                 spec,
                 code_revision,
@@ -502,11 +632,36 @@ impl Registry {
     /// UpdateFunctionCode: installs a new code revision; the previous one stays
     /// until [`Registry::prune_code`] removes it.
     pub fn update_code(&mut self, req: &UpdateFunctionCode) -> Result<&Function, RegistryError> {
+        self.update_code_staged(req, None)
+    }
+
+    /// UpdateFunctionCode, with its package or image unpacked already
+    /// ([`StageJob`]); `None`: unpacked here.
+    pub fn update_code_staged(
+        &mut self,
+        req: &UpdateFunctionCode,
+        staged: Option<Staged>,
+    ) -> Result<&Function, RegistryError> {
         let name = self.existing(&req.function_name)?;
-        if self.functions[&name].spec.image.is_some() {
-            return self.update_image(name, &req.code);
-        }
-        let source = self.code_source(&req.code, "Code")?;
+        let image = self.functions[&name].spec.image.is_some();
+        let source = match (image, staged) {
+            (true, Some(Staged::Image { dir, installed })) => {
+                return self.update_image(name, &req.code, Some((dir, installed)))
+            }
+            (true, None) => return self.update_image(name, &req.code, None),
+            (false, Some(Staged::Code { dir, installed })) => Source::Staged { dir, installed },
+            (false, None) => self.code_source(&req.code, "Code")?,
+            (true, Some(Staged::Code { .. })) => {
+                return Err(RegistryError::CodeSource(
+                    "this function's PackageType is Image: send ImageUri (the absolute path of an OCI image layout, optionally :TAG)".into(),
+                ))
+            }
+            (false, Some(Staged::Image { .. })) => {
+                return Err(RegistryError::CodeSource(
+                    "Code.ImageUri is for functions of PackageType Image (created with \"PackageType\":\"Image\"); this one takes ZipFile or Path".into(),
+                ))
+            }
+        };
         let dir = self.functions_dir.join(&name);
         let (code_revision, code_dir, installed) = self.install_code(&dir, &source)?;
         let mut next = self.functions[&name].clone();
@@ -595,7 +750,24 @@ impl Registry {
         &mut self,
         req: &PublishLayerVersion,
     ) -> Result<LayerVersion, RegistryError> {
-        let source = self.code_source(&req.content, "Content")?;
+        self.publish_layer_version_staged(req, None)
+    }
+
+    /// PublishLayerVersion, with its package unpacked already ([`StageJob`]).
+    pub fn publish_layer_version_staged(
+        &mut self,
+        req: &PublishLayerVersion,
+        staged: Option<Staged>,
+    ) -> Result<LayerVersion, RegistryError> {
+        let source = match staged {
+            Some(Staged::Code { dir, installed }) => Source::Staged { dir, installed },
+            Some(Staged::Image { .. }) => {
+                return Err(RegistryError::CodeSource(
+                    "a layer's Content is a ZipFile or Path, not an ImageUri".into(),
+                ))
+            }
+            None => self.code_source(&req.content, "Content")?,
+        };
         self.layers.publish(req, &source, &self.limits)
     }
 
@@ -822,26 +994,11 @@ impl Registry {
     /// `Code` (or a layer's `Content`, named by `field`): exactly one of
     /// ZipFile or Path.
     fn code_source(&self, code: &FunctionCode, field: &str) -> Result<Source, RegistryError> {
-        if code.image_uri.is_some() {
-            return Err(RegistryError::CodeSource(format!(
-                "{field}.ImageUri is for functions of PackageType Image (created with \"PackageType\":\"Image\"); \
-                 this one takes ZipFile or Path"
-            )));
-        }
-        match (&code.zip_file, &code.path) {
-            (Some(zip), None) => Ok(Source::from_base64(zip, &self.limits)?),
-            (None, Some(path)) => Ok(Source::from_path(Path::new(path))?),
-            (Some(_), Some(_)) => Err(RegistryError::CodeSource(format!(
-                "{field} has both ZipFile and Path: send exactly one (ZipFile: a base64 .zip; \
-                 Path: the absolute path of a directory or .zip file on the host)"
-            ))),
-            (None, None) => Err(RegistryError::CodeSource(format!(
-                "{field} is missing: send ZipFile (a base64 .zip) or Path (the absolute path of \
-                 a directory or .zip file on the host)"
-            ))),
-        }
+        code_source(code, field, &self.limits)
     }
+}
 
+impl Registry {
     /// Unpacks the container image `uri` as the next revision under
     /// `dir/code` (`rootfs/` and `image.json`, registry/image.rs).
     /// `config` (the function's ImageConfig) must leave it something to run.
@@ -850,11 +1007,21 @@ impl Registry {
         dir: &Path,
         uri: &str,
         config: &crate::protocol::ImageConfig,
+        staged: Option<(PathBuf, image::InstalledImage)>,
     ) -> Result<(u64, PathBuf, image::InstalledImage), RegistryError> {
         let revision = self.next_revision(dir)?;
         let code_dir = dir.join(CODE_DIR).join(revision.to_string());
-        let installed = image::install(uri, &code_dir, &image::ImageLimits::LAMBDA)
-            .map_err(|source| RegistryError::Image { source })?;
+        let installed = match staged {
+            Some((staged_dir, installed)) => {
+                fs::rename(&staged_dir, &code_dir).map_err(|source| RegistryError::CreateDir {
+                    path: code_dir.clone(),
+                    source,
+                })?;
+                installed
+            }
+            None => image::install(uri, &code_dir, &image::ImageLimits::LAMBDA)
+                .map_err(|source| RegistryError::Image { source })?,
+        };
         if let Err(source) = image::check_runnable(&installed.run, config) {
             let _ = remove_tree(&code_dir);
             return Err(RegistryError::Image { source });
@@ -867,6 +1034,7 @@ impl Registry {
         &mut self,
         name: String,
         code: &FunctionCode,
+        staged: Option<(PathBuf, image::InstalledImage)>,
     ) -> Result<&Function, RegistryError> {
         let Some(uri) = code.image_uri.as_deref() else {
             return Err(RegistryError::CodeSource(
@@ -887,7 +1055,8 @@ impl Registry {
             .as_ref()
             .map(|i| i.config.clone())
             .unwrap_or_default();
-        let (code_revision, code_dir, installed) = self.install_image(&dir, uri, &config)?;
+        let (code_revision, code_dir, installed) =
+            self.install_image(&dir, uri, &config, staged)?;
         if let Some(image) = next.spec.image.as_mut() {
             image.uri = uri.to_owned();
         }
@@ -1150,6 +1319,28 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
+}
+
+/// A request's `Code` (or a layer's `Content`) as a package source.
+fn code_source(code: &FunctionCode, field: &str, limits: &Limits) -> Result<Source, RegistryError> {
+    if code.image_uri.is_some() {
+        return Err(RegistryError::CodeSource(format!(
+            "{field}.ImageUri is for functions of PackageType Image (created with \"PackageType\":\"Image\"); \
+             this one takes ZipFile or Path"
+        )));
+    }
+    match (&code.zip_file, &code.path) {
+        (Some(zip), None) => Ok(Source::from_base64(zip, limits)?),
+        (None, Some(path)) => Ok(Source::from_path(Path::new(path))?),
+        (Some(_), Some(_)) => Err(RegistryError::CodeSource(format!(
+            "{field} has both ZipFile and Path: send exactly one (ZipFile: a base64 .zip; \
+             Path: the absolute path of a directory or .zip file on the host)"
+        ))),
+        (None, None) => Err(RegistryError::CodeSource(format!(
+            "{field} is missing: send ZipFile (a base64 .zip) or Path (the absolute path of \
+             a directory or .zip file on the host)"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,9 @@ pub enum Source {
     ZipFile(PathBuf),
     /// A directory on the host.
     Directory(PathBuf),
+    /// A package [`install`]ed already, off the supervisor's loop, into a
+    /// directory on the destination's filesystem: installing it is a rename.
+    Staged { dir: PathBuf, installed: Installed },
 }
 
 impl Source {
@@ -230,6 +233,18 @@ pub fn install(source: &Source, dest: &Path, limits: &Limits) -> Result<Installe
         });
     }
     let parent = dest.parent().unwrap_or(Path::new("/"));
+    if let Source::Staged { dir, installed } = source {
+        fs::rename(dir, dest).map_err(|source| PackageError::Rename {
+            from: dir.clone(),
+            to: dest.to_owned(),
+            source,
+        })?;
+        sync_dir(parent).map_err(|source| PackageError::Sync {
+            path: parent.to_owned(),
+            source,
+        })?;
+        return Ok(installed.clone());
+    }
     // The staging dir is a sibling of the destination so that the final rename
     // stays within one filesystem and is atomic. TempDir removes it on any early
     // return.
@@ -256,6 +271,7 @@ pub fn install(source: &Source, dest: &Path, limits: &Limits) -> Result<Installe
             staging.finish()?;
             zip_measure(&bytes)
         }
+        Source::Staged { .. } => unreachable!("installed above"),
         Source::Directory(path) => {
             copy_dir(path, &mut staging)?;
             let mut manifest = staging.finish()?;

@@ -44,7 +44,8 @@ const LISTENER: Token = Token(0);
 const ZYGOTE: Token = Token(1);
 const ZYGOTE_PID: Token = Token(2);
 const SIGNALS: Token = Token(3);
-/// The event store's writer wakes the loop when batches are committed.
+/// The event store's writer wakes the loop when batches are committed, and
+/// the unpacking threads when a package is ready (server/staging.rs).
 const STORE: Token = Token(4);
 const FIRST_DYNAMIC: usize = 16;
 
@@ -198,6 +199,8 @@ pub struct Supervisor {
     metrics: Metrics,
     /// Asynchronous invocations: the store, the queue, idempotency keys.
     events: events::Events,
+    /// Packages being unpacked off the loop.
+    staging: staging::Staging,
     shutting_down: bool,
 }
 
@@ -212,6 +215,7 @@ macro_rules! info {
 mod capacity;
 mod events;
 mod image;
+mod staging;
 
 impl Supervisor {
     pub fn new(opts: ServeOptions) -> Result<Supervisor, Box<dyn std::error::Error>> {
@@ -309,6 +313,9 @@ impl Supervisor {
         };
         let max_concurrency = opts.max_concurrency;
         let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), STORE)?);
+        // mio allows one Waker per Poll: the unpacking threads share the
+        // store's, and a wake-up looks at both.
+        let staging = staging::Staging::new(std::sync::Arc::clone(&waker));
         let (store, loaded) = Store::open(state_dir, waker)?;
         let now = events::now_ms();
         let mut queue = Queue::new(opts.async_time_scale, loaded.next_seq);
@@ -384,6 +391,7 @@ impl Supervisor {
             account: Account::new(max_concurrency),
             metrics: Metrics::new(),
             events,
+            staging,
             shutting_down: false,
         };
         sup.update_reserved_total();
@@ -453,7 +461,10 @@ impl Supervisor {
                 }
             }
             ZYGOTE_PID => self.zygote_exited(),
-            STORE => self.store_committed(),
+            STORE => {
+                self.store_committed();
+                self.staged();
+            }
             SIGNALS => {
                 while let Ok(Some(sig)) = self.signals.read_signal() {
                     info!("signal {}: shutting down", sig.ssi_signo);
@@ -804,8 +815,9 @@ impl Supervisor {
         let params = req.params.map(|p| p.get()).unwrap_or("{}");
         let result = match req.op.as_str() {
             op::INVOKE => return self.op_invoke(t, id, params),
-            op::CREATE_FUNCTION => self.op_create(t, params),
-            op::UPDATE_FUNCTION_CODE => self.op_update_code(t, params),
+            op::CREATE_FUNCTION | op::UPDATE_FUNCTION_CODE | op::PUBLISH_LAYER_VERSION => {
+                return self.op_staged(t, id, &req.op, params)
+            }
             op::UPDATE_FUNCTION_CONFIGURATION => self.op_update_config(params),
             op::GET_FUNCTION => parse::<protocol::FunctionName>(params).and_then(|p| {
                 self.registry
@@ -836,7 +848,6 @@ impl Supervisor {
             op::GET_FUNCTION_EVENT_INVOKE_CONFIG => self.op_get_event_invoke_config(params),
             op::DELETE_FUNCTION_EVENT_INVOKE_CONFIG => self.op_delete_event_invoke_config(params),
             op::GET_EVENT_QUEUE => self.op_get_event_queue(params),
-            op::PUBLISH_LAYER_VERSION => self.op_publish_layer_version(t, params),
             op::LIST_LAYERS => parse::<protocol::ListLayers>(params)
                 .map(|p| ok_json(&self.registry.list_layers(p.compatible_runtime.as_deref()))),
             op::LIST_LAYER_VERSIONS => parse::<protocol::LayerName>(params).and_then(|p| {
@@ -901,41 +912,6 @@ impl Supervisor {
             )));
         }
         Ok(())
-    }
-
-    fn op_publish_layer_version(&mut self, t: Token, params: &str) -> Result<String, WireError> {
-        let req: protocol::PublishLayerVersion = parse(params)?;
-        self.check_code_path(t, &req.content, "Content")?;
-        let layer = self.registry.publish_layer_version(&req)?;
-        info!("published layer version {}", layer.layer_version_arn);
-        Ok(ok_json(&layer))
-    }
-
-    fn op_create(&mut self, t: Token, params: &str) -> Result<String, WireError> {
-        let req: protocol::CreateFunction = parse(params)?;
-        self.check_runtime_available(Some(&req.runtime))?;
-        self.check_code_path(t, &req.code, "Code")?;
-        let f = self.registry.create(&req)?;
-        info!("created function {}", f.spec.name);
-        let (answer, node) = (
-            ok_json(&f.configuration()),
-            f.spec.runtime == Runtime::Nodejs,
-        );
-        if node {
-            // Node blanks are made while a nodejs function exists.
-            self.refill_blanks();
-        }
-        Ok(answer)
-    }
-
-    fn op_update_code(&mut self, t: Token, params: &str) -> Result<String, WireError> {
-        let req: protocol::UpdateFunctionCode = parse(params)?;
-        self.check_code_path(t, &req.code, "Code")?;
-        let f = self.registry.update_code(&req)?;
-        let (name, conf) = (f.spec.name.clone(), f.configuration());
-        self.retire_function_envs(&name);
-        self.provision(&name);
-        Ok(ok_json(&conf))
     }
 
     fn op_update_config(&mut self, params: &str) -> Result<String, WireError> {
