@@ -3,6 +3,8 @@
 CARGO ?= cargo
 STATE_DIR ?= $(CURDIR)/.state
 SOCKET ?= $(STATE_DIR)/lambdalet.sock
+# The Lambda HTTP API (docs/http.md) of `make run`; empty turns it off.
+HTTP ?= 127.0.0.1:3001
 BIN := target/release/lambdalet
 
 .PHONY: build run test test-cgroup2 lint bench bench-load clean
@@ -11,7 +13,7 @@ build:
 	$(CARGO) build --release
 
 run: build
-	STATE_DIR=$(STATE_DIR) SOCKET=$(SOCKET) BIN=$(BIN) scripts/run.sh
+	STATE_DIR=$(STATE_DIR) SOCKET=$(SOCKET) HTTP=$(HTTP) BIN=$(BIN) scripts/run.sh
 
 test:
 	$(CARGO) build --all-targets
