@@ -29,11 +29,12 @@ lint:
 
 # The benchmarks (root; docs/benchmarks.md): cold start, warm invokes, a
 # burst of 200 cold starts, the memory of 1000 idle environments, durable
-# Event accepts and the drain of a queue (under a minute); a few minutes
+# Event accepts and the drain of a queue (under a minute), invokes over
+# HTTP beside the socket (about a minute); a few minutes
 # each. `bench-load` is the 60 s mixed load (10 functions × 50 clients),
 # apart because it keeps both CPUs busy for over a minute.
 bench: build
-	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density --bench events --bench nodestart
+	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density --bench events --bench nodestart --bench http
 
 bench-load: build
 	$(CARGO) bench --bench load
