@@ -320,6 +320,11 @@ fn boto3_control_plane() {
         &out["s3"]["class"],
         &json!("InvalidParameterValueException"),
     );
+    c.eq(
+        "Code.Path over HTTP",
+        &out["code_path"],
+        &json!({"status": 400, "type": "InvalidParameterValueException"}),
+    );
     c.eq("get", &out["get"]["name"], &json!("cp"));
     c.eq(
         "get configuration",
@@ -677,6 +682,11 @@ fn sigv4_auth() {
     let mut c = Checks::new("sigv4");
     c.eq("signed create", &out["created"], &json!("authfn"));
     c.eq("signed invoke", &out["invoked"], &json!({"ok": true}));
+    c.eq(
+        "signed invoke by ARN",
+        &out["invoked_arn"],
+        &json!({"ok": true}),
+    );
     c.eq("signed function URL", &out["signed_url"], &json!(200));
     c.eq(
         "wrong secret",

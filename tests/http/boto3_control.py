@@ -3,7 +3,7 @@ updates, reserved and provisioned concurrency, layers, account settings."""
 import json
 import time
 
-from clients import ROLE, client, emit, err, zip_of
+from clients import ROLE, client, emit, err, http, zip_of
 
 c = client()
 out = {}
@@ -29,6 +29,11 @@ out["bad_memory"] = err(lambda: unchecked.create_function(
 out["s3"] = err(lambda: unchecked.create_function(
     FunctionName="cp3", Runtime="python3", Role=ROLE, Handler="app.handler",
     Code={"S3Bucket": "bucket", "S3Key": "key.zip"}))
+# A host path is for root clients of the socket; over HTTP it is no field.
+r = http("POST", "/2015-03-31/functions", body=json.dumps({
+    "FunctionName": "frompath", "Runtime": "python3", "Handler": "app.handler",
+    "Code": {"Path": "/etc"}}).encode(), headers={"Content-Type": "application/json"})
+out["code_path"] = {"status": r["status"], "type": r["headers"].get("x-amzn-errortype")}
 g = c.get_function(FunctionName="cp")
 out["get"] = {"name": g["Configuration"]["FunctionName"]}
 out["get_config"] = c.get_function_configuration(FunctionName="cp")["Handler"]

@@ -16,6 +16,10 @@ r = good.create_function(FunctionName="authfn", Runtime="python3", Role=ROLE, Ha
                          Code={"ZipFile": zip_of({"app.py": "def handler(e, c):\n    return {'ok': True}\n"})})
 out["created"] = r["FunctionName"]
 out["invoked"] = json.loads(good.invoke(FunctionName="authfn")["Payload"].read())
+# An ARN in the path (":" percent-encoded, so signed double-encoded) and a query.
+out["invoked_arn"] = json.loads(good.invoke(
+    FunctionName="arn:aws:lambda:us-east-1:000000000000:function:authfn",
+    Qualifier="$LATEST")["Payload"].read())
 out["wrong_secret"] = err(lambda: client(KEY, "not-the-secret").list_functions())
 out["unknown_key"] = err(lambda: client("AKIDSTRANGER", SECRET).list_functions())
 out["unsigned"] = http("GET", "/2015-03-31/functions/")["status"]
