@@ -29,12 +29,14 @@ lint:
 
 # The benchmarks (root; docs/benchmarks.md): cold start, warm invokes, a
 # burst of 200 cold starts, the memory of 1000 idle environments, durable
-# Event accepts and the drain of a queue (under a minute), invokes over
-# HTTP beside the socket (about a minute); a few minutes
-# each. `bench-load` is the 60 s mixed load (10 functions × 50 clients),
-# apart because it keeps both CPUs busy for over a minute.
+# Event accepts and the drain of a queue (under a minute), the cold
+# start of custom runtimes (provided; it builds examples/rust-hello once,
+# ~2.5 minutes cold), and invokes over HTTP beside the socket (about a
+# minute); a few minutes each. `bench-load` is the 60 s mixed load
+# (10 functions × 50 clients), apart because it keeps both CPUs busy for
+# over a minute.
 bench: build
-	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density --bench events --bench nodestart --bench http
+	$(CARGO) bench --bench coldstart --bench warm --bench burst --bench density --bench events --bench nodestart --bench provided --bench http
 
 bench-load: build
 	$(CARGO) bench --bench load

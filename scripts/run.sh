@@ -20,6 +20,11 @@ for _ in $(seq 1 100); do
 done
 for dir in examples/*/; do
   name=$(basename "$dir")
+  # rust-hello and c-hello are custom-runtime sources (built by the tests
+  # and the provided bench), not functions to deploy as they are.
+  if [ -e "$dir/Cargo.toml" ] || [ -e "$dir/bootstrap.c" ]; then
+    continue
+  fi
   # A Node.js example has index.mjs; the others are Python's app.py.
   if [ -e "$dir/index.mjs" ]; then
     runtime=(--runtime nodejs20.x --handler index.handler)

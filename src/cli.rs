@@ -339,20 +339,32 @@ pub struct CodeSource {
     /// A .zip file sent inline, base64-encoded (a `fileb://` prefix is accepted).
     #[arg(long, value_name = "FILE")]
     pub zip_file: Option<PathBuf>,
+    /// A container image: an OCI image layout directory on this host,
+    /// optionally `:TAG` (PackageType Image; no --runtime or --handler).
+    #[arg(long, value_name = "DIR[:TAG]")]
+    pub image: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct CreateFunctionArgs {
     /// The function's name: letters, digits, '-' and '_', at most 64.
     pub name: String,
-    /// The runtime: python3, nodejs or provided.
-    #[arg(long)]
-    pub runtime: String,
+    /// The runtime: python3, nodejs or provided (none with --image).
+    #[arg(long, required_unless_present = "image")]
+    pub runtime: Option<String>,
     #[command(flatten)]
     pub code: CodeSource,
-    /// The handler, `module.function`.
-    #[arg(long, value_name = "MODULE.FUNCTION")]
-    pub handler: String,
+    /// The handler, `module.function` (none with --image).
+    #[arg(
+        long,
+        value_name = "MODULE.FUNCTION",
+        required_unless_present = "image"
+    )]
+    pub handler: Option<String>,
+    /// With --image: overrides of the image's settings, as Lambda's
+    /// ImageConfig JSON: {"EntryPoint":[…],"Command":[…],"WorkingDirectory":"…"}.
+    #[arg(long, value_name = "JSON", requires = "image")]
+    pub image_config: Option<String>,
     /// Memory in MB, 128–10240 (default 128).
     #[arg(long, visible_alias = "memory-size", value_name = "MB")]
     pub memory: Option<u32>,
@@ -410,6 +422,10 @@ pub struct UpdateFunctionConfigurationArgs {
     /// Remove every layer.
     #[arg(long, conflicts_with = "layers")]
     pub clear_layers: bool,
+    /// An image function's ImageConfig as JSON, replacing the current one
+    /// (`{}` clears it).
+    #[arg(long, value_name = "JSON")]
+    pub image_config: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -649,11 +665,18 @@ fn action(cli: Cli) -> Result<Action, CliError> {
             return Ok(Action::Serve(serve_options(args, socket), http));
         }
         Command::CreateFunction(args) => {
+            let image_config = image_config_arg(args.image_config.as_deref())?;
             let params = protocol::CreateFunction {
                 function_name: args.name,
-                runtime: args.runtime,
-                handler: args.handler,
+                runtime: args.runtime.unwrap_or_default(),
+                handler: args.handler.unwrap_or_default(),
                 code: function_code(&args.code)?,
+                package_type: args
+                    .code
+                    .image
+                    .is_some()
+                    .then(|| protocol::PACKAGE_IMAGE.to_owned()),
+                image_config,
                 memory_size: args.memory,
                 timeout: args.timeout,
                 environment: (!args.env.is_empty()).then(|| environment(args.env)),
@@ -693,6 +716,7 @@ fn action(cli: Cli) -> Result<Action, CliError> {
                 } else {
                     (!args.layers.is_empty()).then_some(args.layers)
                 },
+                image_config: image_config_arg(args.image_config.as_deref())?,
             };
             (
                 Request::new(op::UPDATE_FUNCTION_CONFIGURATION, &params),
@@ -716,6 +740,7 @@ fn action(cli: Cli) -> Result<Action, CliError> {
             let source = CodeSource {
                 code: args.content.content,
                 zip_file: args.content.zip,
+                image: None,
             };
             let params = protocol::PublishLayerVersion {
                 layer_name: args.name,
@@ -997,12 +1022,20 @@ fn function_code(source: &CodeSource) -> Result<FunctionCode, CliError> {
         return Ok(FunctionCode {
             zip_file: None,
             path: Some(absolute),
+            image_uri: None,
+        });
+    }
+    if let Some(image) = &source.image {
+        return Ok(FunctionCode {
+            zip_file: None,
+            path: None,
+            image_uri: Some(image_uri(image)?),
         });
     }
     let file = source
         .zip_file
         .as_ref()
-        .expect("clap requires --code or --zip-file");
+        .expect("clap requires --code, --zip-file or --image");
     let file = match file.to_str().and_then(|s| s.strip_prefix("fileb://")) {
         Some(rest) => PathBuf::from(rest),
         None => file.clone(),
@@ -1012,6 +1045,51 @@ fn function_code(source: &CodeSource) -> Result<FunctionCode, CliError> {
     Ok(FunctionCode {
         zip_file: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
         path: None,
+        image_uri: None,
+    })
+}
+
+/// `--image-config JSON`: Lambda's ImageConfig.
+fn image_config_arg(text: Option<&str>) -> Result<Option<protocol::ImageConfig>, CliError> {
+    text.map(|text| {
+        serde_json::from_str(text).map_err(|e| {
+            CliError::Usage(format!(
+                "--image-config: {e} (expected {{\"EntryPoint\":[…],\"Command\":[…],\"WorkingDirectory\":\"/…\"}})"
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// `--image DIR[:TAG]` as an ImageUri: the directory made absolute (the
+/// supervisor resolves nothing relative to the client), the tag kept.
+fn image_uri(arg: &Path) -> Result<String, CliError> {
+    let text = arg.to_str().ok_or_else(|| {
+        CliError::Usage(
+            "--image: the path is not valid UTF-8, which the protocol cannot carry".into(),
+        )
+    })?;
+    let (dir, tag) = if arg.is_dir() {
+        (text, None)
+    } else {
+        match text.rsplit_once(':') {
+            Some((dir, tag)) if !tag.contains('/') => (dir, Some(tag)),
+            _ => (text, None),
+        }
+    };
+    let absolute = Path::new(dir).canonicalize().map_err(|e| {
+        CliError::Usage(format!(
+            "--image {text}: {e} (give an OCI image layout directory, optionally :TAG)"
+        ))
+    })?;
+    let absolute = absolute.to_str().ok_or_else(|| {
+        CliError::Usage(
+            "--image: the path is not valid UTF-8, which the protocol cannot carry".into(),
+        )
+    })?;
+    Ok(match tag {
+        Some(tag) => format!("{absolute}:{tag}"),
+        None => absolute.to_owned(),
     })
 }
 

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{CreateFunction, UpdateFunctionConfiguration, WireError};
 
+pub mod image;
+pub use image::ImageSpec;
+
 /// The region every ARN names: one host is one "region".
 pub const REGION: &str = "us-east-1";
 /// The account every ARN names (Lambda's documentation placeholder account).
@@ -162,6 +165,8 @@ pub enum ConfigError {
         MAX_COMPATIBLE_RUNTIMES
     )]
     CompatibleRuntimes,
+    #[error("{reason}")]
+    Image { reason: String },
 }
 
 impl From<ConfigError> for WireError {
@@ -258,15 +263,24 @@ pub struct FunctionSpec {
     pub environment: BTreeMap<String, String>,
     pub ephemeral_mb: u32,
     pub description: String,
+    /// A container image function (PackageType Image): its runtime is
+    /// served as `provided`, with no handler. Absent for a Zip package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
 }
 
 impl FunctionSpec {
     /// The settings of a new function, with Lambda's defaults for what the
     /// request leaves out.
     pub fn from_create(req: &CreateFunction) -> Result<FunctionSpec, ConfigError> {
+        let name = function_name(&req.function_name)?.to_owned();
+        let image = ImageSpec::from_create(req)?;
         FunctionSpec {
-            name: function_name(&req.function_name)?.to_owned(),
-            runtime: Runtime::parse(&req.runtime)?,
+            name,
+            runtime: match image {
+                Some(_) => Runtime::Provided,
+                None => Runtime::parse(&req.runtime)?,
+            },
             handler: req.handler.clone(),
             memory_mb: req.memory_size.unwrap_or(DEFAULT_MEMORY_MB),
             timeout_s: req.timeout.unwrap_or(DEFAULT_TIMEOUT_S),
@@ -279,6 +293,7 @@ impl FunctionSpec {
                 .ephemeral_storage
                 .map_or(DEFAULT_EPHEMERAL_MB, |e| e.size),
             description: req.description.clone().unwrap_or_default(),
+            image,
         }
         .validated()
     }
@@ -288,6 +303,7 @@ impl FunctionSpec {
     /// The request's FunctionName selects the function; it is not checked here.
     pub fn updated(&self, req: &UpdateFunctionConfiguration) -> Result<FunctionSpec, ConfigError> {
         let mut next = self.clone();
+        ImageSpec::update(&mut next.image, req)?;
         if let Some(runtime) = &req.runtime {
             next.runtime = Runtime::parse(runtime)?;
         }
@@ -315,7 +331,11 @@ impl FunctionSpec {
     /// Checks every field; returns the spec unchanged if all are valid.
     pub fn validated(self) -> Result<FunctionSpec, ConfigError> {
         check_name(&self.name)?;
-        check_handler(self.runtime, &self.handler)?;
+        match &self.image {
+            // An image has no handler: its Entrypoint and Cmd run.
+            Some(image) => image.check()?,
+            None => check_handler(self.runtime, &self.handler)?,
+        }
         if !MEMORY_MB.contains(&self.memory_mb) {
             return Err(ConfigError::MemorySize {
                 value: self.memory_mb,
@@ -547,10 +567,13 @@ mod tests {
 
     fn create(name: &str) -> CreateFunction {
         CreateFunction {
+            package_type: None,
+            image_config: None,
             function_name: name.to_owned(),
             runtime: "python3".to_owned(),
             handler: "app.handler".to_owned(),
             code: FunctionCode {
+                image_uri: None,
                 zip_file: None,
                 path: Some("/nonexistent".to_owned()),
             },

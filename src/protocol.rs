@@ -174,7 +174,7 @@ pub mod op {
 }
 
 /// Where a function's code comes from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionCode {
     /// A .zip archive, base64-encoded (as in Lambda's API).
@@ -183,6 +183,37 @@ pub struct FunctionCode {
     /// An absolute path on the supervisor's host: a directory or a .zip file.
     #[serde(rename = "Path", default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// A container image (PackageType Image): the absolute path of an OCI
+    /// image layout on the supervisor's host, optionally `:TAG`
+    /// (registry/image.rs, ImageRef::parse).
+    #[serde(rename = "ImageUri", default, skip_serializing_if = "Option::is_none")]
+    pub image_uri: Option<String>,
+}
+
+/// `PackageType` of a function: a .zip package or directory, or a container image.
+pub const PACKAGE_ZIP: &str = "Zip";
+pub const PACKAGE_IMAGE: &str = "Image";
+
+/// Lambda's ImageConfig: overrides of the image's own settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct ImageConfig {
+    /// Replaces the image's Entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_point: Option<Vec<String>>,
+    /// Replaces the image's Cmd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's WorkingDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+}
+
+/// FunctionConfiguration's ImageConfigResponse.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageConfigResponse {
+    pub image_config: ImageConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -203,9 +234,18 @@ pub struct EphemeralStorage {
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 pub struct CreateFunction {
     pub function_name: String,
+    /// Required for a Zip package; none for an image.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub runtime: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub handler: String,
     pub code: FunctionCode,
+    /// `Zip` (the default) or `Image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_type: Option<String>,
+    /// An image's overrides of its Entrypoint, Cmd and WorkingDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_config: Option<ImageConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,6 +290,9 @@ pub struct UpdateFunctionConfiguration {
     /// Replaces the whole list of layers (`[]` removes them all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<String>>,
+    /// An image function's ImageConfig, replaced whole (`{}` clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_config: Option<ImageConfig>,
 }
 
 /// Parameters of GetFunction and DeleteFunction.
@@ -356,8 +399,16 @@ pub struct LogLines {
 pub struct FunctionConfiguration {
     pub function_name: String,
     pub function_arn: String,
+    /// Absent for an image, as on Lambda.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub runtime: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub handler: String,
+    /// `Zip` or `Image`.
+    #[serde(default)]
+    pub package_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_config_response: Option<ImageConfigResponse>,
     pub memory_size: u32,
     pub timeout: u32,
     pub environment: Environment,

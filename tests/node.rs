@@ -582,3 +582,67 @@ fn a_library_in_a_layer_is_required_from_opt_nodejs_node_modules() {
     );
     c.finish();
 }
+
+/// Processes named `node` in the supervisor's environment cgroups.
+fn node_processes(sup: &Supervisor) -> Vec<i32> {
+    sup.processes_in_cgroups()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "node")
+        })
+        .collect()
+}
+
+fn node_blanks(sup: &Supervisor) -> u64 {
+    let m = sup.request("GetMetrics", json!({})).expect("GetMetrics");
+    m["Account"]["NodeBlankEnvironments"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn node_blanks_are_kept_only_while_a_nodejs_function_exists() {
+    if !require_root() {
+        return;
+    }
+    let sup = Supervisor::start_with(&["--prewarm-node", "2"]);
+    let mut c = Checks::new("nodejs: the node blank pool");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.eq(
+        "no node blank before any nodejs function",
+        node_blanks(&sup),
+        0,
+    );
+    c.eq("no node process", node_processes(&sup), vec![]);
+
+    create(
+        &sup,
+        "pooled",
+        &[("index.js", "exports.handler = async () => 'ok';")],
+        "index.handler",
+        json!({}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node_blanks(&sup) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.eq("--prewarm-node 2 node blanks", node_blanks(&sup), 2);
+    c.eq("a started node in each", node_processes(&sup).len(), 2);
+    c.eq(
+        "a cold start",
+        sup.invoke_ok("pooled", json!({})),
+        json!("ok"),
+    );
+
+    sup.request("DeleteFunction", json!({"FunctionName": "pooled"}))
+        .expect("DeleteFunction");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (node_blanks(&sup) > 0 || !node_processes(&sup).is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.eq(
+        "the last nodejs function gone: no node blank",
+        node_blanks(&sup),
+        0,
+    );
+    c.eq("and no node process", node_processes(&sup), vec![]);
+    c.finish();
+}

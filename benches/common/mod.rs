@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Rust functions built with the host's cargo, shared with the tests.
+#[path = "../../tests/common/rust_function.rs"]
+pub mod rust_function;
+
 pub type Error = Box<dyn std::error::Error>;
 
 /// The crate's root, where `examples/` are.
@@ -383,6 +387,34 @@ impl Client {
     }
 }
 
+/// `Init Duration` and `Duration` of the REPORT line of `request_id` (Err if
+/// it has no Init Duration: not a cold start).
+pub fn report_durations(
+    client: &mut Client,
+    function: &str,
+    request_id: &str,
+) -> Result<(Duration, Duration), Error> {
+    let logs = client.call(
+        "GetLogs",
+        serde_json::json!({"FunctionName": function, "Limit": 16}),
+    )?;
+    let lines = logs["Lines"].as_array().ok_or("GetLogs: no Lines")?;
+    let report = lines
+        .iter()
+        .filter_map(|l| l.as_str())
+        .find(|l| l.starts_with("REPORT") && l.contains(request_id))
+        .ok_or_else(|| format!("no REPORT line for {request_id}"))?;
+    let field = |name: &str| -> Result<Duration, Error> {
+        let v = report
+            .split('\t')
+            .find_map(|f| f.trim().strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix(" ms"))
+            .ok_or_else(|| format!("no {name} in {report:?}: not a cold start?"))?;
+        Ok(Duration::from_secs_f64(v.trim().parse::<f64>()? / 1e3))
+    };
+    Ok((field("Init Duration:")?, field("Duration:")?))
+}
+
 // ---- numbers --------------------------------------------------------------------
 
 /// Latency samples and their order statistics (nearest rank).
@@ -664,13 +696,32 @@ impl Supervisor {
         memory_mb: u32,
         timeout_s: u32,
     ) -> Result<(), Error> {
+        self.deploy_runtime(name, "python3", "app.handler", code, memory_mb, timeout_s)
+    }
+
+    /// Deploys a custom runtime: `code` holds an executable `bootstrap`.
+    pub fn deploy_provided(&self, name: &str, code: &Path, memory_mb: u32) -> Result<(), Error> {
+        self.deploy_runtime(name, "provided.al2023", "hello", code, memory_mb, 3)
+    }
+
+    /// Deploys `code` with a runtime and handler, and invokes it until it
+    /// answers.
+    pub fn deploy_runtime(
+        &self,
+        name: &str,
+        runtime: &str,
+        handler: &str,
+        code: &Path,
+        memory_mb: u32,
+        timeout_s: u32,
+    ) -> Result<(), Error> {
         let mut c = self.client()?;
         c.call(
             "CreateFunction",
             serde_json::json!({
                 "FunctionName": name,
-                "Runtime": "python3",
-                "Handler": "app.handler",
+                "Runtime": runtime,
+                "Handler": handler,
                 "Code": {"Path": code},
                 "MemorySize": memory_mb,
                 "Timeout": timeout_s,

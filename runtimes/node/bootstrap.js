@@ -261,6 +261,9 @@ const specialise = (async function specialise(line, started) {
   // CommonJS's global search paths come from NODE_PATH (layers under /opt,
   // the runtime's modules, the task root), read again now.
   Module._initPaths();
+  // NODE_OPTIONS is read by node when it starts, before its function is
+  // known: of its flags, the one that can be switched on later is.
+  if (/(^|\s)--enable-source-maps(\s|$)/.test(env.NODE_OPTIONS || '')) process.setSourceMapsEnabled(true);
 
   logging.patchConsole(env);
   invoke.setFunction(rt);

@@ -330,6 +330,7 @@ class Runtime:
     """A checked `runtime` section, with what B needs computed in advance."""
 
     __slots__ = ("kind", "handler", "env", "prefix_host", "prefix_sandbox", "sys_attrs", "sys_path",
+                 "command", "cwd",
                  "function_name", "function_version", "invoked_function_arn",
                  "log_group_name", "log_stream_name", "memory_limit_in_mb")
 
@@ -439,6 +440,14 @@ def prepare(runtime):
 
     rt = Runtime()
     rt.kind = kind
+    # A container image (provided only): the argv to start instead of
+    # /var/task/bootstrap, and its working directory.
+    rt.command, rt.cwd = runtime.get("command"), runtime.get("cwd")
+    if rt.command is not None and (kind != "provided" or type(rt.command) is not list or not rt.command
+                                   or not all(type(a) is str and "\0" not in a for a in rt.command)):
+        raise ValueError("runtime.command: expected a non-empty list of strings, for kind provided")
+    if rt.cwd is not None and (type(rt.cwd) is not str or not rt.cwd.startswith("/")):
+        raise ValueError("runtime.cwd: expected an absolute path")
     rt.handler, rt.env, rt.prefix_host, rt.prefix_sandbox = runtime["handler"], env, host, sandbox
     for key in ("function_name", "function_version", "invoked_function_arn", "log_group_name", "log_stream_name"):
         setattr(rt, key, runtime.get(key))

@@ -25,6 +25,13 @@ worker channel reader and the child's waiter only post events to it.
 """
 
 import base64
+# Imported here, in the zygote, what the request handling imports lazily
+# (http.client's header parsing builds email.message objects): in a
+# container image's environment B's interpreter is reachable only at
+# /.lambdalet/python, and nothing should need loading after the fork.
+import email.feedparser
+import email.message
+import email.parser
 import http.server
 import json
 import os
@@ -274,13 +281,22 @@ def main(rt, worker_fd):
     os.environ.clear()
     os.environ.update(env)
 
-    path = _find_bootstrap()
-    if path is None:
-        fail_init(_error(f"Couldn't find valid bootstrap(s): [{' '.join(BOOTSTRAP_PATHS)}]",
-                         "Runtime.InvalidEntrypoint"))
+    if rt.command:
+        # A container image: its Entrypoint + Cmd, found on the image's PATH
+        # (the env's, as execvpe does), in its WorkingDir.
+        argv, cwd = rt.command, rt.cwd or "/"
+        path = argv[0]
+        if not os.path.isdir(cwd):
+            fail_init(_error(f"WorkingDirectory {cwd} is not a directory of the image",
+                             "Runtime.InvalidWorkingDir"))
+    else:
+        path = _find_bootstrap()
+        if path is None:
+            fail_init(_error(f"Couldn't find valid bootstrap(s): [{' '.join(BOOTSTRAP_PATHS)}]",
+                             "Runtime.InvalidEntrypoint"))
+        argv, cwd = [path], env.get("LAMBDA_TASK_ROOT", "/var/task")
     try:
-        child = subprocess.Popen([path], env=env, cwd=env.get("LAMBDA_TASK_ROOT", "/var/task"),
-                                 stdin=subprocess.DEVNULL, close_fds=True)
+        child = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, close_fds=True)
     except OSError as e:
         print(f"lambdalet: cannot start {path}: {e}", flush=True)
         fail_init(_error(f"fork/exec {path}: {e.strerror or e}", "Runtime.InvalidEntrypoint"))

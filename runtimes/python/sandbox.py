@@ -37,6 +37,8 @@ EXIT_SANDBOX_FAILED = 121
 
 # mount(2) flags, <linux/mount.h>.
 MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
 MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
@@ -116,7 +118,7 @@ def _check(ret):
 # ---------------------------------------------------------------------------
 
 _PLAN_FIELDS = {
-    "cgroup_procs", "unshare_flags", "new_root", "root_tmpfs_options",
+    "cgroup_procs", "unshare_flags", "new_root", "root_tmpfs_options", "root_bind",
     "ops", "after_pivot", "hostname", "cap_last_cap",
 }
 _SPEC_FIELDS = {"ops", "uid", "gid", "rlimits", "workdir", "seccomp_bpf"}
@@ -140,7 +142,7 @@ class Plan:
     syscalls take."""
 
     __slots__ = (
-        "cgroup_procs", "unshare_flags", "new_root", "root_tmpfs_options",
+        "cgroup_procs", "unshare_flags", "new_root", "root_tmpfs_options", "root_bind",
         "ops", "after_pivot", "hostname", "cap_last_cap", "max_fd",
     )
 
@@ -250,6 +252,8 @@ def prepare(plan):
         raise ValueError("new_root: must not be /")
     p.new_root = os.fsencode(new_root)
     p.root_tmpfs_options = _opt_bytes(plan["root_tmpfs_options"], "root_tmpfs_options")
+    # A container image's unpacked root instead of the tmpfs (plan/image.rs).
+    p.root_bind = None if plan["root_bind"] is None else os.fsencode(_abs_path(plan["root_bind"], "root_bind"))
     p.ops = _prepare_ops(plan["ops"], "ops", new_root)
     p.after_pivot = _prepare_ops(plan["after_pivot"], "after_pivot", "")
     if type(plan["hostname"]) is not str or not 0 < len(plan["hostname"].encode()) <= 64:
@@ -445,9 +449,16 @@ def enter_blank(plan, worker_fd, log_fd):
         _check(_mount(None, b"/", None, MS_REC | MS_PRIVATE, None))
 
         # 4. The new root is a fresh tmpfs, so that pivot_root(2) gets a
-        # mount point and nothing of the host directory shows through.
-        step = "mount root tmpfs"
-        _check(_mount(b"tmpfs", plan.new_root, b"tmpfs", 0, plan.root_tmpfs_options))
+        # mount point and nothing of the host directory shows through; for a
+        # container image, its unpacked root, bound and made read-only at once
+        # (a bind ignores MS_RDONLY on creation), before any op mounts on it.
+        if plan.root_bind is None:
+            step = "mount root tmpfs"
+            _check(_mount(b"tmpfs", plan.new_root, b"tmpfs", 0, plan.root_tmpfs_options))
+        else:
+            step = "bind image root"
+            _check(_mount(plan.root_bind, plan.new_root, None, MS_BIND, None))
+            _check(_mount(None, plan.new_root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None))
 
         # 5. Build the tree while the host is still visible: bind-mount
         # sources are host paths.

@@ -362,7 +362,7 @@ impl CodeRequest {
         }
         if self.image_uri.is_some() {
             return Err(ApiError::invalid(format!(
-                "{what}: container images are not supported over HTTP: send a .zip package as ZipFile"
+                "{what}: ImageUri names an image layout on the supervisor's host, which only root clients of its socket may do: over HTTP send a .zip package as ZipFile"
             )));
         }
         if self.source_kms_key_arn.is_some() {
@@ -373,8 +373,10 @@ impl CodeRequest {
         match self.zip_file {
             Some(z) => Ok(FunctionCode {
                 zip_file: Some(z),
-                // Never a host path from an HTTP caller: see the module doc.
+                // Never a host path from an HTTP caller (a directory, a zip
+                // or an image layout on this host): see the module doc.
                 path: None,
+                image_uri: None,
             }),
             None => Err(ApiError::invalid(format!(
                 "{what}: ZipFile is required (a .zip package, base64)"
@@ -417,7 +419,7 @@ fn check_package(
 ) -> Result<(), ApiError> {
     if let Some(p) = package_type.filter(|p| *p != "Zip") {
         return Err(ApiError::invalid(format!(
-            "PackageType {p:?} is not supported over HTTP: lambdalet's HTTP API takes Zip packages"
+            "PackageType {p:?} is not offered over HTTP: an image function's ImageUri is a path on the supervisor's host, for root clients of its socket (lambdalet create-function --image); over HTTP send a Zip package"
         )));
     }
     let host = match std::env::consts::ARCH {
@@ -454,6 +456,8 @@ async fn create_function(state: &State, body: &[u8]) -> Result<HttpResponse, Api
         ephemeral_storage: req.ephemeral_storage,
         description: req.description,
         layers: req.layers,
+        package_type: None,
+        image_config: None,
     };
     let r = call(state, op::CREATE_FUNCTION, &params).await?;
     Ok(raw_json(StatusCode::CREATED, r.get()))
@@ -616,6 +620,7 @@ async fn update_function_configuration(
         ephemeral_storage: Option<EphemeralStorage>,
         description: Option<String>,
         layers: Option<Vec<String>>,
+        image_config: Option<protocol::ImageConfig>,
         revision_id: Option<String>,
         #[allow(dead_code)]
         role: Option<String>,
@@ -635,6 +640,7 @@ async fn update_function_configuration(
         ephemeral_storage: req.ephemeral_storage,
         description: req.description,
         layers: req.layers,
+        image_config: req.image_config,
     };
     let r = call(state, op::UPDATE_FUNCTION_CONFIGURATION, &params).await?;
     Ok(raw_json(StatusCode::OK, r.get()))

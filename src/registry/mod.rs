@@ -25,6 +25,7 @@
 //! from its event loop and decides when code is no longer in use.
 
 pub mod event_invoke;
+pub mod image;
 pub mod layers;
 pub mod merge;
 pub mod package;
@@ -95,6 +96,9 @@ pub struct Function {
     /// The merged layers of `code_revision` (`…/opt/<code_revision>`), bound
     /// at /opt; None without layers (/opt is then an empty directory).
     pub opt_dir: Option<PathBuf>,
+    /// A container image's run settings (its revision's `image.json`; the
+    /// revision's `rootfs` is its root); None for a Zip package.
+    pub image: Option<image::ImageRun>,
 }
 
 /// A layer version a function uses, as it was when the function took it: a
@@ -146,8 +150,21 @@ impl Function {
         FunctionConfiguration {
             function_name: self.spec.name.clone(),
             function_arn: self.arn(),
-            runtime: self.spec.runtime.as_str().to_owned(),
+            runtime: match self.spec.image {
+                Some(_) => String::new(),
+                None => self.spec.runtime.as_str().to_owned(),
+            },
             handler: self.spec.handler.clone(),
+            package_type: match self.spec.image {
+                Some(_) => crate::protocol::PACKAGE_IMAGE,
+                None => crate::protocol::PACKAGE_ZIP,
+            }
+            .to_owned(),
+            image_config_response: self.spec.image.as_ref().map(|i| {
+                crate::protocol::ImageConfigResponse {
+                    image_config: i.config.clone(),
+                }
+            }),
             memory_size: self.spec.memory_mb,
             timeout: self.spec.timeout_s,
             environment: crate::protocol::Environment {
@@ -255,6 +272,8 @@ pub enum RegistryError {
     UnzippedTooLarge { code: u64, layers: u64, limit: u64 },
     #[error("cannot build {path:?}: {source}")]
     Merge { path: PathBuf, source: io::Error },
+    #[error("{source}")]
+    Image { source: image::ImageError },
 }
 
 impl From<PackageError> for RegistryError {
@@ -279,6 +298,8 @@ impl From<RegistryError> for WireError {
             | RegistryError::UnknownLayer { .. }
             | RegistryError::UnzippedTooLarge { .. } => WireError::invalid(message),
             RegistryError::Package { source } if source.is_refusal() => WireError::invalid(message),
+            RegistryError::Image { source } if source.is_refusal() => WireError::invalid(message),
+            RegistryError::Image { .. } => WireError::service(message),
             RegistryError::Package { .. }
             | RegistryError::AllocateUid
             | RegistryError::CreateDir { .. }
@@ -387,7 +408,11 @@ impl Registry {
             return Err(RegistryError::AlreadyExists { name });
         }
         let layers = self.resolve_layers(req.layers.as_deref().unwrap_or(&[]))?;
-        let source = self.code_source(&req.code, "Code")?;
+        // An image is read by create_in, from spec.image.
+        let source = match &spec.image {
+            Some(_) => None,
+            None => Some(self.code_source(&req.code, "Code")?),
+        };
         let dir = self.functions_dir.join(&name);
         let tombstone = read_tombstone(&dir.join(TOMBSTONE_FILE));
         let uid = match tombstone {
@@ -395,7 +420,7 @@ impl Registry {
             None => self.allocate_uid()?,
         };
         let fresh = !dir.exists();
-        let result = self.create_in(&dir, spec, uid, &source, &layers);
+        let result = self.create_in(&dir, spec, uid, source.as_ref(), &layers);
         if result.is_err() && fresh {
             // Nothing of a function that never existed stays behind.
             let _ = remove_tree(&dir);
@@ -411,10 +436,42 @@ impl Registry {
         dir: &Path,
         spec: FunctionSpec,
         uid: u32,
-        source: &Source,
+        source: Option<&Source>,
         layers: &[layers::Resolved],
     ) -> Result<Function, RegistryError> {
         create_dir(dir)?;
+        let (Some(source), None) = (source, &spec.image) else {
+            let uri = spec
+                .image
+                .as_ref()
+                .map(|i| i.uri.clone())
+                .unwrap_or_default();
+            let config = spec
+                .image
+                .as_ref()
+                .map(|i| i.config.clone())
+                .unwrap_or_default();
+            let (code_revision, code_dir, installed) = self.install_image(dir, &uri, &config)?;
+            let function = Function {
+                spec,
+                code_revision,
+                code_dir,
+                uid,
+                code_size: installed.code_size,
+                code_sha256: installed.code_sha256,
+                last_modified: lambda_timestamp(SystemTime::now()),
+                revision_id: uuid::Uuid::new_v4().to_string(),
+                concurrency: Concurrency::default(),
+                event_invoke: None,
+                layers: Vec::new(),
+                opt_dir: None,
+                image: Some(installed.run),
+            };
+            write_record(&dir.join(RECORD_FILE), &function.record()).inspect_err(|_| {
+                let _ = remove_tree(&function.code_dir);
+            })?;
+            return Ok(function);
+        };
         let (code_revision, code_dir, installed) = self.install_code(dir, source)?;
         let opt_dir = match self.with_layers(dir, code_revision, &code_dir, layers) {
             Ok(opt_dir) => opt_dir,
@@ -436,6 +493,7 @@ impl Registry {
             event_invoke: None,
             layers: layers.iter().map(attached).collect(),
             opt_dir,
+            image: None,
         };
         write_record(&dir.join(RECORD_FILE), &function.record())?;
         Ok(function)
@@ -445,6 +503,9 @@ impl Registry {
     /// until [`Registry::prune_code`] removes it.
     pub fn update_code(&mut self, req: &UpdateFunctionCode) -> Result<&Function, RegistryError> {
         let name = self.existing(&req.function_name)?;
+        if self.functions[&name].spec.image.is_some() {
+            return self.update_image(name, &req.code);
+        }
         let source = self.code_source(&req.code, "Code")?;
         let dir = self.functions_dir.join(&name);
         let (code_revision, code_dir, installed) = self.install_code(&dir, &source)?;
@@ -488,6 +549,10 @@ impl Registry {
         let current = &self.functions[&name];
         let mut next = current.clone();
         next.spec = current.spec.updated(req)?;
+        if let (Some(image), Some(run)) = (&next.spec.image, &next.image) {
+            image::check_runnable(run, &image.config)
+                .map_err(|source| RegistryError::Image { source })?;
+        }
         next.last_modified = lambda_timestamp(SystemTime::now());
         next.revision_id = uuid::Uuid::new_v4().to_string();
         let unchanged = req.layers.as_ref().is_none_or(|arns| {
@@ -757,6 +822,12 @@ impl Registry {
     /// `Code` (or a layer's `Content`, named by `field`): exactly one of
     /// ZipFile or Path.
     fn code_source(&self, code: &FunctionCode, field: &str) -> Result<Source, RegistryError> {
+        if code.image_uri.is_some() {
+            return Err(RegistryError::CodeSource(format!(
+                "{field}.ImageUri is for functions of PackageType Image (created with \"PackageType\":\"Image\"); \
+                 this one takes ZipFile or Path"
+            )));
+        }
         match (&code.zip_file, &code.path) {
             (Some(zip), None) => Ok(Source::from_base64(zip, &self.limits)?),
             (None, Some(path)) => Ok(Source::from_path(Path::new(path))?),
@@ -769,6 +840,67 @@ impl Registry {
                  a directory or .zip file on the host)"
             ))),
         }
+    }
+
+    /// Unpacks the container image `uri` as the next revision under
+    /// `dir/code` (`rootfs/` and `image.json`, registry/image.rs).
+    /// `config` (the function's ImageConfig) must leave it something to run.
+    fn install_image(
+        &self,
+        dir: &Path,
+        uri: &str,
+        config: &crate::protocol::ImageConfig,
+    ) -> Result<(u64, PathBuf, image::InstalledImage), RegistryError> {
+        let revision = self.next_revision(dir)?;
+        let code_dir = dir.join(CODE_DIR).join(revision.to_string());
+        let installed = image::install(uri, &code_dir, &image::ImageLimits::LAMBDA)
+            .map_err(|source| RegistryError::Image { source })?;
+        if let Err(source) = image::check_runnable(&installed.run, config) {
+            let _ = remove_tree(&code_dir);
+            return Err(RegistryError::Image { source });
+        }
+        Ok((revision, code_dir, installed))
+    }
+
+    /// UpdateFunctionCode of an image function: `Code.ImageUri` only.
+    fn update_image(
+        &mut self,
+        name: String,
+        code: &FunctionCode,
+    ) -> Result<&Function, RegistryError> {
+        let Some(uri) = code.image_uri.as_deref() else {
+            return Err(RegistryError::CodeSource(
+                "this function's PackageType is Image: send ImageUri (the absolute path of an OCI image layout, optionally :TAG)".into(),
+            ));
+        };
+        if code.zip_file.is_some() || code.path.is_some() {
+            return Err(RegistryError::CodeSource(
+                "send ImageUri alone: a function of PackageType Image takes no ZipFile or Path"
+                    .into(),
+            ));
+        }
+        let dir = self.functions_dir.join(&name);
+        let mut next = self.functions[&name].clone();
+        let config = next
+            .spec
+            .image
+            .as_ref()
+            .map(|i| i.config.clone())
+            .unwrap_or_default();
+        let (code_revision, code_dir, installed) = self.install_image(&dir, uri, &config)?;
+        if let Some(image) = next.spec.image.as_mut() {
+            image.uri = uri.to_owned();
+        }
+        next.code_revision = code_revision;
+        next.code_dir = code_dir.clone();
+        next.code_size = installed.code_size;
+        next.code_sha256 = installed.code_sha256;
+        next.image = Some(installed.run);
+        next.last_modified = lambda_timestamp(SystemTime::now());
+        next.revision_id = uuid::Uuid::new_v4().to_string();
+        self.store(name, next).inspect_err(|_| {
+            let _ = remove_tree(&code_dir);
+        })
     }
 
     /// Installs `source` as the next revision under `dir/code`. Revisions are
@@ -866,6 +998,10 @@ impl Registry {
         if let Some(opt) = opt_dir.as_ref().filter(|o| !o.is_dir()) {
             return Err(bad(format!("its merged layers {opt:?} are missing")));
         }
+        let image = match spec.image {
+            Some(_) => Some(image::load_run(&code_dir).map_err(|e| bad(e.to_string()))?),
+            None => None,
+        };
         Ok(Function {
             spec,
             code_revision: record.code_revision,
@@ -879,6 +1015,7 @@ impl Registry {
             event_invoke: record.event_invoke,
             layers: record.layers,
             opt_dir,
+            image,
         })
     }
 

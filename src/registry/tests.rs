@@ -21,6 +21,7 @@ fn zip_b64(files: &[(&str, &str)]) -> String {
 
 fn zip_code(content: &str) -> FunctionCode {
     FunctionCode {
+        image_uri: None,
         zip_file: Some(zip_b64(&[("app.py", content)])),
         path: None,
     }
@@ -28,6 +29,8 @@ fn zip_code(content: &str) -> FunctionCode {
 
 fn create_req(name: &str) -> CreateFunction {
     CreateFunction {
+        package_type: None,
+        image_config: None,
         function_name: name.to_owned(),
         runtime: "python3".to_owned(),
         handler: "app.handler".to_owned(),
@@ -190,6 +193,7 @@ fn invalid_requests_leave_nothing() {
 
     let mut req = create_req("f");
     req.code = FunctionCode {
+        image_uri: None,
         zip_file: None,
         path: None,
     };
@@ -209,6 +213,7 @@ fn invalid_requests_leave_nothing() {
 
     let mut req = create_req("f");
     req.code = FunctionCode {
+        image_uri: None,
         zip_file: Some(zip_b64(&[("../evil.py", "x")])),
         path: None,
     };
@@ -218,6 +223,7 @@ fn invalid_requests_leave_nothing() {
 
     let mut req = create_req("f");
     req.code = FunctionCode {
+        image_uri: None,
         zip_file: None,
         path: Some("relative/dir".to_owned()),
     };
@@ -241,6 +247,7 @@ fn create_from_a_directory_path() {
     let mut reg = state.open();
     let mut req = create_req("d");
     req.code = FunctionCode {
+        image_uri: None,
         zip_file: None,
         path: Some(src.path().to_str().unwrap().to_owned()),
     };
@@ -301,6 +308,7 @@ fn update_code_adds_a_revision_and_keeps_the_old_one() {
     let bad = UpdateFunctionCode {
         function_name: "f".into(),
         code: FunctionCode {
+            image_uri: None,
             zip_file: Some("!!!".into()),
             path: None,
         },

@@ -26,6 +26,10 @@
 //! | `/tmp` | tmpfs of the function's ephemeral storage size, mode 1777 |
 //! | `/dev` | read-only tmpfs with null, zero, full, random, urandom and fd links |
 //! | `/proc` | a new procfs; OCI's masked paths masked, kernel knobs read-only |
+//!
+//! A container image function's environment has the image's own root
+//! instead (`plan/image.rs`): the same /dev, /proc and /tmp, the
+//! interpreter at `/.lambdalet/python`, nothing else of the host.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +39,8 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::host::{HostLayout, HostPython};
+
+pub mod image;
 
 /// Namespaces the child unshares (architecture.md step 1): mount, UTS, IPC,
 /// network, PID, cgroup. No user namespace: the child starts as real root and
@@ -187,6 +193,9 @@ pub struct BlankPlan {
     pub unshare_flags: u64,
     pub new_root: String,
     pub root_tmpfs_options: String,
+    /// A container image's unpacked root (a host path), bound read-only at
+    /// `new_root` instead of the root tmpfs (plan/image.rs); None: the tmpfs.
+    pub root_bind: Option<String>,
     pub ops: Prerendered,
     pub after_pivot: Prerendered,
     pub hostname: String,
@@ -333,6 +342,7 @@ impl BlankTemplate {
             unshare_flags: self.unshare_flags,
             new_root: self.new_root.clone(),
             root_tmpfs_options: ROOT_TMPFS_OPTIONS.to_owned(),
+            root_bind: None,
             ops: self.ops_json.clone(),
             after_pivot: self.after_pivot_json.clone(),
             hostname: hostname(env_id),
@@ -505,6 +515,22 @@ fn root_ops(
     });
     bind_ro(&mut ops, functions_dir, FUNCTIONS_MOUNT, MountKind::Dir);
 
+    dev_ops(&mut ops);
+
+    // Last: nothing after this goes through them before pivot_root, so no path
+    // is resolved through a symlink while the host's root is still "/".
+    for (path, target) in symlinks {
+        ops.push(Op::Symlink {
+            target: target.clone(),
+            path: (*path).to_owned(),
+        });
+    }
+    ops
+}
+
+/// /dev: a small tmpfs with the harmless nodes bound from the host, read-only
+/// once they exist (before pivot_root: the sources are host paths).
+fn dev_ops(ops: &mut Vec<Op>) {
     // /dev: a small tmpfs with the harmless nodes bound from the host. The tmpfs
     // itself is nodev; each bound node is its own mount with the host /dev's
     // flags, and open(2) checks the node's mount (may_open_dev, fs/namei.c), so
@@ -551,16 +577,6 @@ fn root_ops(
                 | libc::MS_NODEV,
         ),
     });
-
-    // Last: nothing after this goes through them before pivot_root, so no path
-    // is resolved through a symlink while the host's root is still "/".
-    for (path, target) in symlinks {
-        ops.push(Op::Symlink {
-            target: target.clone(),
-            path: (*path).to_owned(),
-        });
-    }
-    ops
 }
 
 /// The steps after pivot_root: /proc (mounted after pivot so that every source

@@ -85,6 +85,9 @@ pub struct Env {
     pub phase_started: Instant,
     /// The function a blank was made for (an invoke is waiting for it).
     pub reserved_for: Option<String>,
+    /// For a blank made for a container image function: the code revision
+    /// whose root it is pivoted into (server/image.rs); it serves only that.
+    pub image_root: Option<u64>,
     /// Which runtimes it can become: a node blank holds a started node.
     pub kind: BlankKind,
     /// Set when the environment became ready; reported by its first invoke.
@@ -177,6 +180,7 @@ impl Env {
             spawned_at: Instant::now(),
             phase_started: Instant::now(),
             reserved_for: n.reserved_for,
+            image_root: None,
             kind: n.kind,
             init_duration: None,
             provisioned: false,

@@ -162,6 +162,8 @@ pub struct Supervisor {
     /// How blanks are made, and the runtime section of their spawn request.
     blank_template: BlankTemplate,
     blank_runtime: Box<RawValue>,
+    /// What container image functions' blanks are made of (server/image.rs).
+    image_host: image::ImageHost,
     /// The host's node, and how node blanks are made (None: no nodejs
     /// runtime on this host).
     node: Option<NodeBlanks>,
@@ -209,6 +211,7 @@ macro_rules! info {
 
 mod capacity;
 mod events;
+mod image;
 
 impl Supervisor {
     pub fn new(opts: ServeOptions) -> Result<Supervisor, Box<dyn std::error::Error>> {
@@ -355,6 +358,11 @@ impl Supervisor {
             zygote_generation: 0,
             blank_template,
             blank_runtime,
+            image_host: image::ImageHost {
+                new_root: rootfs_dir,
+                host: host_layout,
+                cap_last_cap,
+            },
             node,
             blanks: Vec::new(),
             node_blanks: Vec::new(),
@@ -882,6 +890,11 @@ impl Supervisor {
         field: &str,
     ) -> Result<(), WireError> {
         let uid = self.conns.get(&t).map_or(u32::MAX, |c| c.peer_uid);
+        if code.image_uri.is_some() && uid != 0 {
+            return Err(WireError::invalid(format!(
+                "{field}.ImageUri names an image layout on the supervisor's host and is accepted from root clients only (this client is uid {uid})"
+            )));
+        }
         if code.path.is_some() && uid != 0 {
             return Err(WireError::invalid(format!(
                 "{field}.Path names a file on the supervisor's host and is accepted from root clients only (this client is uid {uid}); send the package as {field}.ZipFile"
@@ -1224,7 +1237,7 @@ impl Supervisor {
             .spec
             .runtime;
         let kind = BlankKind::of(runtime);
-        match self.ready_blanks(kind).pop() {
+        match self.take_pooled_blank(function, kind) {
             Some(blank) => {
                 self.specialize(blank, function, provisioned)
                     .inspect_err(|_| self.destroy_env(blank, EndReason::Failed))?;
@@ -1295,10 +1308,21 @@ impl Supervisor {
         // Only our end is non-blocking: the function's stdout stays blocking.
         zygote::set_nonblocking(log_r.as_raw_fd())?;
 
+        // A Python blank made for a container image function has the
+        // image's root (server/image.rs).
+        let mut image_root = None;
         let message = match (kind, self.node.as_ref()) {
             (BlankKind::Python, _) => {
-                let plan = self.blank_template.for_env(&env_id, cgroup.procs_files());
-                spawn_message(&env_id, &plan, &self.blank_runtime)
+                match self.blank_request(reserved_for.as_deref(), &env_id, cgroup.procs_files()) {
+                    Ok((plan, runtime, root)) => {
+                        image_root = root;
+                        spawn_message(&env_id, &plan, &runtime)
+                    }
+                    Err(e) => {
+                        let _ = cgroup.remove();
+                        return Err(e);
+                    }
+                }
             }
             (BlankKind::Node, Some(node)) => {
                 let plan = node.template.for_env(&env_id, cgroup.procs_files());
@@ -1343,6 +1367,7 @@ impl Supervisor {
             reserved_for,
             kind,
         });
+        env.image_root = image_root;
         self.poll
             .registry()
             .register(&mut env.worker, worker_token, Interest::READABLE)?;
@@ -1384,29 +1409,38 @@ impl Supervisor {
             .as_ref()
             .is_none_or(|(rev, _)| *rev != revision_id)
         {
-            let template = SpecTemplate::new(&SpecInputs {
-                functions_dir: self.registry.functions_dir(),
-                code_dir: &f.code_dir,
-                opt_dir: f.opt_dir.as_deref(),
-                uid: f.uid,
-                gid: f.uid,
-                tmp_mb: spec.ephemeral_mb,
-                seccomp_bpf: &self.seccomp_bpf,
-            })?;
+            let template = if f.spec.image.is_some() {
+                self.image_spec_template(f)?
+            } else {
+                SpecTemplate::new(&SpecInputs {
+                    functions_dir: self.registry.functions_dir(),
+                    code_dir: &f.code_dir,
+                    opt_dir: f.opt_dir.as_deref(),
+                    uid: f.uid,
+                    gid: f.uid,
+                    tmp_mb: spec.ephemeral_mb,
+                    seccomp_bpf: &self.seccomp_bpf,
+                })?
+            };
+            let pool = self.pools.entry(function.to_string()).or_default();
             pool.template = Some((revision_id.clone(), template));
         }
+        let pool = self.pools.get(function).expect("made above");
         let (_, template) = pool.template.as_ref().expect("just set");
         let init = if provisioned {
             InitType::Provisioned
         } else {
             InitType::OnDemand
         };
-        let runtime = runtime_section(
+        let mut runtime = runtime_section(
             &spec,
             &self.python,
             self.node.as_ref().map(|n| &n.host),
             init,
         );
+        if spec.image.is_some() {
+            runtime = image::image_runtime(&runtime, f)?;
+        }
         let line = specialize_line(template.plan(), &runtime)?;
         let limits = Limits::for_function(spec.memory_mb, self.host_cpus);
         let env = self.envs.get_mut(&id).ok_or("the blank vanished")?;
@@ -1606,6 +1640,12 @@ impl Supervisor {
         };
         match (msg.t, &env.state) {
             ("blank", EnvState::Blank { ready: false }) => {
+                if self.image_blank_ready(id) {
+                    return;
+                }
+                let Some(env) = self.envs.get_mut(&id) else {
+                    return;
+                };
                 let reserved = env.reserved_for.clone();
                 let provisioned = env.provisioned;
                 match reserved {
@@ -2389,6 +2429,18 @@ impl Supervisor {
             .collect();
         for id in expired {
             self.destroy_env(id, EndReason::Reclaimed);
+        }
+        // Node blanks (a started node each) are kept only while a nodejs
+        // function exists.
+        if !self.node_blanks.is_empty()
+            && !self
+                .registry
+                .list()
+                .any(|f| f.spec.runtime == Runtime::Nodejs)
+        {
+            for id in std::mem::take(&mut self.node_blanks) {
+                self.destroy_env(id, EndReason::Reclaimed);
+            }
         }
         let tracked: BTreeSet<i32> = self
             .envs

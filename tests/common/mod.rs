@@ -21,6 +21,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+pub mod rust_function;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_lambdalet");
 /// How long the supervisor may take to start listening.

@@ -29,6 +29,7 @@ fn publish_req(name: &str, files: &[(&str, &str)]) -> PublishLayerVersion {
         layer_name: name.to_owned(),
         description: Some(format!("{name} layer")),
         content: FunctionCode {
+            image_uri: None,
             zip_file: Some(zip_b64(files)),
             path: None,
         },
@@ -38,10 +39,13 @@ fn publish_req(name: &str, files: &[(&str, &str)]) -> PublishLayerVersion {
 
 fn create_req(name: &str, layers: &[String]) -> CreateFunction {
     CreateFunction {
+        package_type: None,
+        image_config: None,
         function_name: name.to_owned(),
         runtime: "python3".to_owned(),
         handler: "app.handler".to_owned(),
         code: FunctionCode {
+            image_uri: None,
             zip_file: Some(zip_b64(&[("app.py", "def handler(e, c):\n    return 1\n")])),
             path: None,
         },
@@ -229,6 +233,7 @@ fn a_function_merges_its_layers_in_order() {
         .update_code(&UpdateFunctionCode {
             function_name: "f".into(),
             code: FunctionCode {
+                image_uri: None,
                 zip_file: Some(zip_b64(&[("app.py", "v2")])),
                 path: None,
             },
