@@ -49,6 +49,11 @@ pub const MAX_CONTROL_BODY_BYTES: usize = MAX_LINE_BYTES - 64 * 1024;
 /// connection; past it the connection is closed.
 const MAX_DRAIN_BYTES: u64 = 128 * 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request bodies held in memory at once, all connections together: a
+/// request waits for its share before its body is read, so many large
+/// uploads at once queue instead of exhausting memory. At least the largest
+/// single body.
+const MAX_BUFFERED_BODY_BYTES: u64 = 256 * 1024 * 1024;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
 /// A client must send its request head within this time.
@@ -85,6 +90,8 @@ pub enum HttpError {
 pub struct State {
     upstream: upstream::Upstream,
     credentials: Option<Credentials>,
+    /// KiB of request bodies that may be held at once.
+    body_budget: tokio::sync::Semaphore,
 }
 
 /// Bind `opts.addr` and serve it on threads of their own, as a client of the
@@ -113,6 +120,7 @@ pub fn start(opts: &HttpOptions, socket: PathBuf) -> Result<SocketAddr, HttpErro
     let state = Arc::new(State {
         upstream: upstream::Upstream::new(socket),
         credentials,
+        body_budget: tokio::sync::Semaphore::new((MAX_BUFFERED_BODY_BYTES / 1024) as usize),
     });
 
     // The supervisor takes SIGTERM and SIGINT through a signalfd, blocking them
@@ -212,7 +220,7 @@ async fn run(
     } else {
         MAX_CONTROL_BODY_BYTES
     };
-    let body = read_body(&parts, body, limit, url.is_none()).await?;
+    let (body, _budget) = read_body(state, &parts, body, limit, url.is_none()).await?;
     if let Some(creds) = &state.credentials {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -228,12 +236,15 @@ async fn run(
 /// Read the body, refusing one over `limit` before buffering it: from
 /// Content-Length at once (the body is drained, not kept, so the client can
 /// read its 413), or as soon as a chunked body passes the limit.
-async fn read_body(
+/// The permit returned holds the body's share of the budget: keep it as long
+/// as the body.
+async fn read_body<'a>(
+    state: &'a State,
     parts: &Parts,
     body: Incoming,
     limit: usize,
     is_api: bool,
-) -> Result<Bytes, ApiError> {
+) -> Result<(Bytes, tokio::sync::SemaphorePermit<'a>), ApiError> {
     let too_large = |len: Option<u64>| {
         let has = len.map_or(String::new(), |n| {
             format!(" (the request body has {n} bytes)")
@@ -259,8 +270,15 @@ async fn read_body(
         }
         return Err(too_large(Some(len)));
     }
+    // The share: the declared length, or the limit when it is not declared.
+    let kib = declared.unwrap_or(limit as u64).div_ceil(1024).max(1) as u32;
+    let permit = state
+        .body_budget
+        .acquire_many(kib)
+        .await
+        .expect("the budget is never closed");
     match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => Ok((collected.to_bytes(), permit)),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
         Err(e) => Err(ApiError::bad_content(format!(
             "could not read the request body: {e}"
