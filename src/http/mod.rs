@@ -56,6 +56,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BUFFERED_BODY_BYTES: u64 = 256 * 1024 * 1024;
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
+/// A client must send its whole body within this time (70 MB at under
+/// 1 MB/s is refused), so a slow one cannot hold the body budget.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// A client must send its request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The runtime's worker threads: the host has few cores, and the work per
@@ -277,7 +280,18 @@ async fn read_body<'a>(
         .acquire_many(kib)
         .await
         .expect("the budget is never closed");
-    match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect());
+    let Ok(read) = read.await else {
+        return Err(ApiError::new(
+            hyper::StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            format!(
+                "the request body did not arrive within {} s: send it faster, or a smaller one",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match read {
         Ok(collected) => Ok((collected.to_bytes(), permit)),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
         Err(e) => Err(ApiError::bad_content(format!(
