@@ -661,6 +661,32 @@ fn body_limit_applies_before_buffering() {
             format!("{path}: a 1 GB body is refused at once: {head:?}"),
         );
     }
+    // A chunked body (no length declared) over the limit: kept only up to
+    // the limit, the rest drained, then refused.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /2015-03-31/functions/f/invocations HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..110 {
+        // 110 × 64 KiB = 7,208,960 bytes of JSON whitespace.
+        write!(s, "{:X}\r\n", chunk.len()).unwrap();
+        s.write_all(&chunk).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut head = [0u8; 1024];
+    let n = s.read(&mut head).unwrap_or(0);
+    let head = String::from_utf8_lossy(&head[..n]);
+    c.check(
+        head.starts_with("HTTP/1.1 413")
+            && head.contains("RequestTooLargeException")
+            && head.contains("7208960 bytes"),
+        format!("a 7 MB chunked invoke body is refused: {head:?}"),
+    );
     c.finish();
 }
 

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::http::request::Parts;
 use hyper::server::conn::http1;
@@ -237,8 +237,8 @@ async fn run(
 }
 
 /// Read the body, refusing one over `limit` before buffering it: from
-/// Content-Length at once (the body is drained, not kept, so the client can
-/// read its 413), or as soon as a chunked body passes the limit.
+/// Content-Length at once, or as soon as a chunked body passes the limit;
+/// either way the rest is drained, not kept, so the client can read its 413.
 /// The permit returned holds the body's share of the budget: keep it as long
 /// as the body.
 async fn read_body<'a>(
@@ -280,7 +280,7 @@ async fn read_body<'a>(
         .acquire_many(kib)
         .await
         .expect("the budget is never closed");
-    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect());
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, collect(body, limit));
     let Ok(read) = read.await else {
         return Err(ApiError::new(
             hyper::StatusCode::REQUEST_TIMEOUT,
@@ -292,12 +292,44 @@ async fn read_body<'a>(
         ));
     };
     match read {
-        Ok(collected) => Ok((collected.to_bytes(), permit)),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
+        Ok(Collected::Whole(bytes)) => Ok((bytes, permit)),
+        Ok(Collected::TooLarge(seen)) => Err(too_large((seen <= MAX_DRAIN_BYTES).then_some(seen))),
         Err(e) => Err(ApiError::bad_content(format!(
             "could not read the request body: {e}"
         ))),
     }
+}
+
+enum Collected {
+    Whole(Bytes),
+    /// Over the limit: only the first `limit` bytes were kept, the rest read
+    /// and discarded; how many bytes were seen.
+    TooLarge(u64),
+}
+
+/// Collect a body of at most `limit` bytes. A body (chunked: of no declared
+/// length) that passes the limit is read on and discarded, up to
+/// MAX_DRAIN_BYTES, so its client can still read the 413.
+async fn collect(mut body: Incoming, limit: usize) -> Result<Collected, hyper::Error> {
+    let mut kept = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        seen += data.len() as u64;
+        if seen > MAX_DRAIN_BYTES {
+            break;
+        }
+        if seen <= limit as u64 {
+            kept.extend_from_slice(&data);
+        }
+    }
+    Ok(if seen > limit as u64 {
+        Collected::TooLarge(seen)
+    } else {
+        Collected::Whole(Bytes::from(kept))
+    })
 }
 
 /// Read a body to its end, keeping nothing.
