@@ -384,6 +384,27 @@ fn boto3_control_plane() {
         &out["provisioned_gone"]["class"],
         &json!("ProvisionedConcurrencyConfigNotFoundException"),
     );
+    c.eq(
+        "event invoke config",
+        &out["event_config"],
+        &json!({"retries": 1, "age": 3600, "on_failure": "arn:aws:lambda:us-east-1:000000000000:function:cq"}),
+    );
+    c.eq(
+        "event invoke configs listed",
+        &out["event_config_list"],
+        &json!(1),
+    );
+    c.eq(
+        "directory destination refused",
+        &out["event_config_dir"]["class"],
+        &json!("InvalidParameterValueException"),
+    );
+    c.eq(
+        "event invoke config deleted",
+        &out["event_config_gone"]["class"],
+        &json!("ResourceNotFoundException"),
+    );
+    c.eq("none listed", &out["event_config_list_empty"], &json!(0));
     c.eq("account limit", &out["account"], &json!(1000));
     c.eq(
         "deleted",

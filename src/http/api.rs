@@ -5,8 +5,7 @@
 //! Only what an AWS client can send is offered: code and layer content come
 //! inline (`ZipFile`), never as a path on this host (`Code.Path` is for root
 //! clients of the socket, and this front connects to it as root), and
-//! event-invoke configurations (whose destinations may be host directories)
-//! are not offered at all.
+//! event-invoke destinations are functions, never host directories.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -129,6 +128,12 @@ pub async fn route(state: &State, parts: &Parts, body: Bytes) -> Result<HttpResp
         }
         (_, ["2019-09-30", "functions", f, "provisioned-concurrency"]) => {
             provisioned(state, m, f, &q, &body).await
+        }
+        (_, ["2019-09-25", "functions", f, "event-invoke-config"]) => {
+            event_invoke_config(state, m, f, &q, &body).await
+        }
+        (&Method::GET, ["2019-09-25", "functions", f, "event-invoke-config", "list"]) => {
+            list_event_invoke_configs(state, f).await
         }
         (&Method::GET, ["2016-08-19", "account-settings"]) => {
             let r = call(state, op::GET_ACCOUNT_SETTINGS, &json!({})).await?;
@@ -710,6 +715,96 @@ async fn provisioned(
             &format!("/2019-09-30/functions/{f}/provisioned-concurrency"),
         )),
     }
+}
+
+// ---- asynchronous invocation configuration ----------------------------------
+
+/// Put (PUT), Update (POST), Get and Delete FunctionEventInvokeConfig.
+/// Destinations are functions only: a directory destination is written by
+/// the supervisor as root, so it is for root clients of the socket.
+async fn event_invoke_config(
+    state: &State,
+    m: &Method,
+    f: &str,
+    q: &Query,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "PascalCase")]
+    struct Req {
+        maximum_retry_attempts: Option<u32>,
+        maximum_event_age_in_seconds: Option<u32>,
+        destination_config: Option<protocol::DestinationConfig>,
+    }
+    let name = function_target(f, None)?;
+    let qualifier = q.get("Qualifier").map(str::to_owned);
+    let op = match *m {
+        Method::PUT => op::PUT_FUNCTION_EVENT_INVOKE_CONFIG,
+        Method::POST => op::UPDATE_FUNCTION_EVENT_INVOKE_CONFIG,
+        Method::GET | Method::DELETE => {
+            let params = protocol::FunctionQualifier {
+                function_name: name,
+                qualifier,
+            };
+            return if *m == Method::GET {
+                let r = call(state, op::GET_FUNCTION_EVENT_INVOKE_CONFIG, &params).await?;
+                Ok(raw_json(StatusCode::OK, r.get()))
+            } else {
+                call(state, op::DELETE_FUNCTION_EVENT_INVOKE_CONFIG, &params).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            };
+        }
+        _ => {
+            return Err(ApiError::unknown_operation(
+                m,
+                &format!("/2019-09-25/functions/{f}/event-invoke-config"),
+            ))
+        }
+    };
+    let req: Req = parse_body(body)?;
+    if let Some(d) = &req.destination_config {
+        for dest in [&d.on_success, &d.on_failure].into_iter().flatten() {
+            if dest.destination.starts_with('/') {
+                return Err(ApiError::invalid(format!(
+                    "Destination {:?} is a directory on the supervisor's host, which only root clients of its socket may name (lambdalet put-function-event-invoke-config); over HTTP name a function by its ARN",
+                    dest.destination
+                )));
+            }
+        }
+    }
+    let params = protocol::PutFunctionEventInvokeConfig {
+        function_name: name,
+        qualifier,
+        maximum_retry_attempts: req.maximum_retry_attempts,
+        maximum_event_age_in_seconds: req.maximum_event_age_in_seconds,
+        destination_config: req.destination_config,
+    };
+    let r = call(state, op, &params).await?;
+    Ok(raw_json(StatusCode::OK, r.get()))
+}
+
+/// ListFunctionEventInvokeConfigs: at most the one of `$LATEST`.
+async fn list_event_invoke_configs(state: &State, f: &str) -> Result<HttpResponse, ApiError> {
+    let name = function_target(f, None)?;
+    // A function that does not exist is an error; one without a
+    // configuration has an empty list.
+    call(state, op::GET_FUNCTION, &json!({"FunctionName": name})).await?;
+    let configs = match state
+        .upstream
+        .call(
+            op::GET_FUNCTION_EVENT_INVOKE_CONFIG,
+            &json!({"FunctionName": name}),
+        )
+        .await
+    {
+        Ok(c) => format!("[{}]", c.get()),
+        Err(e) if e.kind == protocol::ErrorKind::ResourceNotFoundException => "[]".to_owned(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(raw_json(
+        StatusCode::OK,
+        &format!(r#"{{"FunctionEventInvokeConfigs":{configs}}}"#),
+    ))
 }
 
 // ---- layers -----------------------------------------------------------------

@@ -83,6 +83,19 @@ out["provisioned_list"] = len(c.list_provisioned_concurrency_configs(FunctionNam
 c.delete_provisioned_concurrency_config(FunctionName="cp", Qualifier="$LATEST")
 out["provisioned_gone"] = err(lambda: c.get_provisioned_concurrency_config(FunctionName="cp", Qualifier="$LATEST"))
 out["account"] = c.get_account_settings()["AccountLimit"]["ConcurrentExecutions"]
+cq_arn = "arn:aws:lambda:us-east-1:000000000000:function:cq"
+c.put_function_event_invoke_config(FunctionName="cp", MaximumRetryAttempts=1,
+                                   DestinationConfig={"OnFailure": {"Destination": cq_arn}})
+c.update_function_event_invoke_config(FunctionName="cp", MaximumEventAgeInSeconds=3600)
+e = c.get_function_event_invoke_config(FunctionName="cp")
+out["event_config"] = {"retries": e["MaximumRetryAttempts"], "age": e["MaximumEventAgeInSeconds"],
+                       "on_failure": e["DestinationConfig"]["OnFailure"]["Destination"]}
+out["event_config_list"] = len(c.list_function_event_invoke_configs(FunctionName="cp")["FunctionEventInvokeConfigs"])
+out["event_config_dir"] = err(lambda: c.put_function_event_invoke_config(
+    FunctionName="cp", DestinationConfig={"OnFailure": {"Destination": "/tmp"}}))
+c.delete_function_event_invoke_config(FunctionName="cp")
+out["event_config_gone"] = err(lambda: c.get_function_event_invoke_config(FunctionName="cp"))
+out["event_config_list_empty"] = len(c.list_function_event_invoke_configs(FunctionName="cp")["FunctionEventInvokeConfigs"])
 c.delete_function(FunctionName="cq")
 out["deleted"] = err(lambda: c.get_function(FunctionName="cq"))
 emit(out)
