@@ -8,7 +8,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 mkdir -p "$STATE_DIR"
-"$BIN" serve --state-dir "$STATE_DIR" --socket "$SOCKET" &
+http_args=()
+[ -n "${HTTP:-}" ] && http_args=(--http "$HTTP")
+"$BIN" serve --state-dir "$STATE_DIR" --socket "$SOCKET" "${http_args[@]}" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM EXIT
 for _ in $(seq 1 100); do
@@ -48,6 +50,20 @@ lambdalet is serving on $SOCKET. In another shell:
   $BIN --socket $SOCKET invoke hello --invocation-type Event --payload '{"name": "later"}'
   $BIN --socket $SOCKET queue hello
   $BIN --socket $SOCKET metrics
+TXT
+if [ -n "${HTTP:-}" ]; then
+  cat <<TXT
+
+The AWS Lambda HTTP API is on http://$HTTP (docs/http.md): boto3, the AWS
+CLI and the SDKs need only their endpoint URL (any credentials, us-east-1):
+
+  AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x AWS_DEFAULT_REGION=us-east-1 \\
+    aws --endpoint-url http://$HTTP lambda invoke --function-name hello --payload '{"name": "http"}' out.json
+  curl -s 'http://$HTTP/2015-03-31/functions/hello/invocations' -d '{"name": "curl"}'
+  curl -s 'http://$HTTP/url/hello/any/path?x=1'    # a function URL
+TXT
+fi
+cat <<TXT
 
 Ctrl-C stops the supervisor.
 TXT

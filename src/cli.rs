@@ -316,6 +316,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDEMPOTENCY_WINDOW.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_window: u64,
+    /// Also answer the AWS Lambda HTTP API (Invoke, the control plane,
+    /// function URLs under /url/) on this address (docs/http.md). Loopback
+    /// only, unless --http-credentials is given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<std::net::SocketAddr>,
+    /// A file (mode 0600) of `ACCESS_KEY_ID SECRET_ACCESS_KEY` lines: every
+    /// HTTP request must then carry a valid AWS Signature Version 4 for one
+    /// of them.
+    #[arg(long, value_name = "FILE", requires = "http")]
+    pub http_credentials: Option<PathBuf>,
 }
 
 /// Where new code comes from: exactly one of `--code` and `--zip-file`.
@@ -588,7 +598,7 @@ enum Output {
 /// What a command line asks for.
 #[derive(Debug)]
 enum Action {
-    Serve(ServeOptions),
+    Serve(ServeOptions, Option<crate::http::HttpOptions>),
     Call {
         socket: PathBuf,
         request: Request,
@@ -622,7 +632,14 @@ pub fn run(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
 
 fn execute(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<(), CliError> {
     match action(cli)? {
-        Action::Serve(options) => supervisor::serve(options).map_err(CliError::Serve),
+        Action::Serve(options, http) => {
+            if let Some(http) = http {
+                let addr = crate::http::start(&http, options.socket.clone())
+                    .map_err(|e| CliError::Serve(Box::new(e)))?;
+                let _ = writeln!(stderr, "lambdalet: HTTP API on http://{addr}");
+            }
+            supervisor::serve(options).map_err(CliError::Serve)
+        }
         Action::Call {
             socket,
             request,
@@ -640,7 +657,13 @@ fn execute(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Result<(
 fn action(cli: Cli) -> Result<Action, CliError> {
     let socket = cli.socket_path();
     let (request, output) = match cli.command {
-        Command::Serve(args) => return Ok(Action::Serve(serve_options(args, socket))),
+        Command::Serve(args) => {
+            let http = args.http.map(|addr| crate::http::HttpOptions {
+                addr,
+                credentials: args.http_credentials.clone(),
+            });
+            return Ok(Action::Serve(serve_options(args, socket), http));
+        }
         Command::CreateFunction(args) => {
             let image_config = image_config_arg(args.image_config.as_deref())?;
             let params = protocol::CreateFunction {

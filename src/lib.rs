@@ -7,10 +7,12 @@
 //! - [`sandbox`]: the execution environment's kernel objects (cgroups, seccomp) and
 //!   the plan a zygote child applies;
 //! - [`supervisor`]: the event loop, the zygote client, environments and invokes;
-//! - [`cli`]: the command line, a client of the supervisor's socket.
+//! - [`cli`]: the command line, a client of the supervisor's socket;
+//! - [`http`]: the Lambda HTTP API and function URLs, another client of it.
 
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

@@ -24,7 +24,7 @@ fn request(args: &[&str]) -> Value {
             "op": request.op,
             "params": serde_json::from_str::<Value>(request.params.get()).unwrap(),
         }),
-        Action::Serve(_) => panic!("not a client command"),
+        Action::Serve(..) => panic!("not a client command"),
     }
 }
 
@@ -325,7 +325,7 @@ fn invoke_validates_the_payload_and_sets_the_log_type() {
 
 #[test]
 fn serve_options_defaults_and_overrides() {
-    let Action::Serve(opts) = action(parse(&["serve"]).unwrap()).unwrap() else {
+    let Action::Serve(opts, _) = action(parse(&["serve"]).unwrap()).unwrap() else {
         panic!()
     };
     assert_eq!(opts.state_dir, Path::new(DEFAULT_STATE_DIR));
@@ -356,7 +356,7 @@ fn serve_options_defaults_and_overrides() {
         "lambda",
     ])
     .unwrap();
-    let Action::Serve(opts) = action(cli).unwrap() else {
+    let Action::Serve(opts, _) = action(cli).unwrap() else {
         panic!()
     };
     assert_eq!(opts.state_dir, Path::new("/srv/l"));
@@ -638,7 +638,7 @@ fn one_client_pipes_several_calls_with_fresh_ids() {
 fn output(args: &[&str]) -> Output {
     match action(parse(args).unwrap()).unwrap() {
         Action::Call { output, .. } => output,
-        Action::Serve(_) => panic!("not a client command"),
+        Action::Serve(..) => panic!("not a client command"),
     }
 }
 
@@ -963,7 +963,7 @@ fn queue_asks_for_the_event_queue_and_prints_it_as_lines() {
 
 #[test]
 fn serve_takes_the_async_time_scale_and_idempotency_window() {
-    let Action::Serve(opts) = action(parse(&["serve"]).unwrap()).unwrap() else {
+    let Action::Serve(opts, _) = action(parse(&["serve"]).unwrap()).unwrap() else {
         panic!()
     };
     assert_eq!(opts.async_time_scale, 1.0);
@@ -972,7 +972,7 @@ fn serve_takes_the_async_time_scale_and_idempotency_window() {
         supervisor::DEFAULT_IDEMPOTENCY_WINDOW
     );
 
-    let Action::Serve(opts) = action(
+    let Action::Serve(opts, _) = action(
         parse(&[
             "serve",
             "--async-time-scale",
