@@ -112,30 +112,6 @@ fn python_argv(py: &common::Python, code: &Path, python_flags: &[&str]) -> Vec<O
     a
 }
 
-/// `Init Duration` and `Duration` of the REPORT line of `request_id`.
-fn report_of(
-    client: &mut common::Client,
-    function: &str,
-    request_id: &str,
-) -> Result<(Duration, Duration), Error> {
-    let logs = client.call("GetLogs", json!({"FunctionName": function, "Limit": 16}))?;
-    let lines = logs["Lines"].as_array().ok_or("GetLogs: no Lines")?;
-    let report = lines
-        .iter()
-        .filter_map(|l| l.as_str())
-        .find(|l| l.starts_with("REPORT") && l.contains(request_id))
-        .ok_or_else(|| format!("no REPORT line for {request_id}"))?;
-    let field = |name: &str| -> Result<Duration, Error> {
-        let v = report
-            .split('\t')
-            .find_map(|f| f.trim().strip_prefix(name))
-            .and_then(|v| v.trim().strip_suffix(" ms"))
-            .ok_or_else(|| format!("no {name} in {report:?}: not a cold start?"))?;
-        Ok(Duration::from_secs_f64(v.trim().parse::<f64>()? / 1e3))
-    };
-    Ok((field("Init Duration:")?, field("Duration:")?))
-}
-
 /// One lambdalet configuration: the same code deployed with a memory size.
 struct Variant {
     label: String,
@@ -177,7 +153,7 @@ impl Variant {
             return Err(format!("unexpected invoke answer: {v}").into());
         }
         let request_id = r["RequestId"].as_str().ok_or("no RequestId")?.to_string();
-        let (init, invoke) = report_of(client, &self.function, &request_id)?;
+        let (init, invoke) = common::report_durations(client, &self.function, &request_id)?;
         self.total.push(took);
         self.init.push(init);
         self.invoke.push(invoke);

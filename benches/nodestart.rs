@@ -143,25 +143,9 @@ impl Variant {
             return Err(format!("unexpected invoke answer: {v}").into());
         }
         let request_id = r["RequestId"].as_str().ok_or("no RequestId")?.to_string();
-        let logs = client.call(
-            "GetLogs",
-            json!({"FunctionName": self.function, "Limit": 16}),
-        )?;
-        let init = logs["Lines"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l.as_str())
-            .find(|l| l.starts_with("REPORT") && l.contains(&request_id))
-            .and_then(|l| {
-                l.split('\t')
-                    .find_map(|f| f.trim().strip_prefix("Init Duration:"))
-                    .and_then(|v| v.trim().strip_suffix(" ms"))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-            .ok_or_else(|| format!("no Init Duration for {request_id}: not a cold start?"))?;
+        let (init, _) = common::report_durations(client, &self.function, &request_id)?;
         self.total.push(took);
-        self.init.push(Duration::from_secs_f64(init / 1e3));
+        self.init.push(init);
         Ok(())
     }
 }

@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::io::Write as _;
-
 use base64::Engine as _;
-use common::{require_root, Checks, Supervisor};
+use common::{require_root, zip_b64, Checks, Supervisor};
 use serde_json::{json, Value};
 
 /// Reports what the function sees of /opt and of its layers.
@@ -44,21 +42,6 @@ def handler(event, context):
             out[what] = errno.errorcode.get(e.errno, str(e.errno))
     return out
 "#;
-
-/// A zip archive of `entries` (name, contents), base64-encoded.
-fn zip_b64(entries: &[(&str, &str)]) -> String {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buf);
-        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
-        for (name, text) in entries {
-            zip.start_file(*name, opts).unwrap();
-            zip.write_all(text.as_bytes()).unwrap();
-        }
-        zip.finish().unwrap();
-    }
-    base64::engine::general_purpose::STANDARD.encode(buf.into_inner())
-}
 
 fn publish(sup: &Supervisor, name: &str, entries: &[(&str, &str)]) -> Value {
     sup.request(

@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use common::{require_root, Checks, Supervisor};
+use common::{require_root, zip_b64, Checks, Supervisor};
 use serde_json::{json, Value};
 
 /// Reports what a handler sees: the event, its context, its identity and
@@ -514,21 +512,6 @@ fn a_handler_that_runs_too_long_is_stopped_at_its_timeout() {
         "the next invoke runs in a new environment",
     );
     c.finish();
-}
-
-/// A zip archive of `entries` (name, contents), base64-encoded.
-fn zip_b64(entries: &[(&str, &str)]) -> String {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buf);
-        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
-        for (name, text) in entries {
-            zip.start_file(*name, opts).unwrap();
-            zip.write_all(text.as_bytes()).unwrap();
-        }
-        zip.finish().unwrap();
-    }
-    base64::engine::general_purpose::STANDARD.encode(buf.into_inner())
 }
 
 #[test]

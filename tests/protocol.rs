@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{require_root, split_response, Checks, Supervisor};
+use common::{require_root, split_response, zip_b64, Checks, Supervisor};
 use serde_json::{json, Value};
 
 /// The largest synchronous payload (Lambda's figure).
@@ -442,21 +441,6 @@ fn payload_limits_are_enforced_at_6_mb() {
 fn short(r: &Result<Value, (String, String)>) -> String {
     let s = format!("{r:?}");
     s.chars().take(300).collect()
-}
-
-/// A zip archive of `entries` (name, contents), base64-encoded.
-fn zip_b64(entries: &[(&str, &str)]) -> String {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buf);
-        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
-        for (name, text) in entries {
-            zip.start_file(*name, opts).unwrap();
-            zip.write_all(text.as_bytes()).unwrap();
-        }
-        zip.finish().unwrap();
-    }
-    base64::engine::general_purpose::STANDARD.encode(buf.into_inner())
 }
 
 #[test]

@@ -38,6 +38,7 @@
 //! Entrypoint, Cmd, Env and WorkingDir), is renamed into place only when
 //! complete.
 
+use super::remove_tree;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -1123,17 +1124,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
             source,
         }
     })
-}
-
-/// Removes a file, a symlink (never following it) or a directory tree;
-/// nothing there is fine.
-fn remove_tree(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// The argv (and how many of its words are the Cmd) and working directory: ImageConfig's overrides over the image's

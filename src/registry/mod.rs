@@ -1243,7 +1243,7 @@ fn create_dir(path: &Path) -> Result<(), RegistryError> {
 /// Removes a file, a symlink or a directory tree. std's remove_dir_all does not
 /// follow symlinks (CVE-2022-21658 was fixed in Rust 1.58.1), so a link in a
 /// package cannot make it delete outside the tree.
-fn remove_tree(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),

@@ -826,3 +826,18 @@ impl LatencyProbe {
         samples.into_iter().max().unwrap_or_default()
     }
 }
+
+/// A zip archive of `entries` (name, contents), base64-encoded.
+pub fn zip_b64(entries: &[(&str, &str)]) -> String {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
+        for (name, text) in entries {
+            zip.start_file(*name, opts).unwrap();
+            zip.write_all(text.as_bytes()).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    base64::engine::general_purpose::STANDARD.encode(buf.into_inner())
+}
