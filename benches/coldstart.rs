@@ -35,7 +35,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ms, ratio, Error, Samples};
-use serde_json::json;
 
 const BENCH: &str = "coldstart";
 const FUNCTION: &str = "hello";
@@ -133,27 +132,8 @@ impl Variant {
     /// One cold start: retire the warm environment (not timed), let the
     /// kernel finish its teardown, time the Invoke, read its REPORT line.
     fn sample(&mut self, i: usize, settle: Duration) -> Result<(), Error> {
-        let client = &mut self.client;
-        client.call(
-            "UpdateFunctionConfiguration",
-            json!({"FunctionName": self.function, "Description": format!("cold start {i}")}),
-        )?;
-        std::thread::sleep(settle);
-        let line = format!(
-            "{}\n",
-            json!({"id": i, "op": "Invoke", "params": {"FunctionName": self.function, "Payload": {}}})
-        );
-        let t = Instant::now();
-        client.send(line.as_bytes())?;
-        let answer = client.read_line()?;
-        let took = t.elapsed();
-        let v: serde_json::Value = serde_json::from_slice(answer)?;
-        let r = &v["result"];
-        if r["Payload"]["message"] != "Hello, world!" || r.get("FunctionError").is_some() {
-            return Err(format!("unexpected invoke answer: {v}").into());
-        }
-        let request_id = r["RequestId"].as_str().ok_or("no RequestId")?.to_string();
-        let (init, invoke) = common::report_durations(client, &self.function, &request_id)?;
+        let (took, init, invoke) =
+            common::cold_invoke(&mut self.client, &self.function, i, settle, "Hello, world!")?;
         self.total.push(took);
         self.init.push(init);
         self.invoke.push(invoke);

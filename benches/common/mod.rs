@@ -415,6 +415,42 @@ pub fn report_durations(
     Ok((field("Init Duration:")?, field("Duration:")?))
 }
 
+/// One cold start of `function`, whose handler answers
+/// `{"message": <message>, …}`: retire its warm environment
+/// (UpdateFunctionConfiguration, not timed), let the kernel finish the
+/// teardown (`settle`), time the Invoke from its first byte written to the
+/// last byte read, and read its REPORT line. (client-observed, Init
+/// Duration, Duration).
+pub fn cold_invoke(
+    client: &mut Client,
+    function: &str,
+    i: usize,
+    settle: Duration,
+    message: &str,
+) -> Result<(Duration, Duration, Duration), Error> {
+    client.call(
+        "UpdateFunctionConfiguration",
+        serde_json::json!({"FunctionName": function, "Description": format!("cold start {i}")}),
+    )?;
+    std::thread::sleep(settle);
+    let line = format!(
+        "{}\n",
+        serde_json::json!({"id": i, "op": "Invoke", "params": {"FunctionName": function, "Payload": {}}})
+    );
+    let t = Instant::now();
+    client.send(line.as_bytes())?;
+    let answer = client.read_line()?;
+    let took = t.elapsed();
+    let v: Value = serde_json::from_slice(answer)?;
+    let r = &v["result"];
+    if r["Payload"]["message"] != message || r.get("FunctionError").is_some() {
+        return Err(format!("unexpected invoke answer: {v}").into());
+    }
+    let request_id = r["RequestId"].as_str().ok_or("no RequestId")?.to_string();
+    let (init, invoke) = report_durations(client, function, &request_id)?;
+    Ok((took, init, invoke))
+}
+
 // ---- numbers --------------------------------------------------------------------
 
 /// Latency samples and their order statistics (nearest rank).
