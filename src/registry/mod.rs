@@ -330,15 +330,6 @@ pub enum Staged {
     },
 }
 
-impl Staged {
-    /// Where it waits; gone once an operation took it.
-    pub fn dir(&self) -> &Path {
-        match self {
-            Staged::Code { dir, .. } | Staged::Image { dir, .. } => dir,
-        }
-    }
-}
-
 /// The slow half of CreateFunction, UpdateFunctionCode and
 /// PublishLayerVersion, which needs nothing of the registry: decode, check
 /// and unpack the package (or the image) into the staging directory. It is

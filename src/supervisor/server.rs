@@ -173,6 +173,10 @@ pub struct Supervisor {
     /// does not spin).
     blanks: Vec<u64>,
     node_blanks: Vec<u64>,
+    /// Whether a nodejs function exists (node blanks are kept only then):
+    /// recomputed by `functions_changed` when a function is created,
+    /// deleted or given another runtime, not on the invoke path.
+    node_functions: bool,
     blank_backoff_until: Instant,
     conns: HashMap<Token, Conn>,
     owners: HashMap<Token, Owner>,
@@ -373,6 +377,7 @@ impl Supervisor {
             node,
             blanks: Vec::new(),
             node_blanks: Vec::new(),
+            node_functions: false,
             blank_backoff_until: Instant::now(),
             conns: HashMap::new(),
             owners: HashMap::new(),
@@ -395,6 +400,11 @@ impl Supervisor {
             shutting_down: false,
         };
         sup.update_reserved_total();
+        // The blanks are made once the zygote is up, below.
+        sup.node_functions = sup
+            .registry
+            .list()
+            .any(|f| f.spec.runtime == Runtime::Nodejs);
         sup.poll
             .registry()
             .register(&mut sup.listener, LISTENER, Interest::READABLE)?;
@@ -921,7 +931,19 @@ impl Supervisor {
         let (name, conf) = (f.spec.name.clone(), f.configuration());
         self.retire_function_envs(&name);
         self.provision(&name);
+        self.functions_changed();
         Ok(ok_json(&conf))
+    }
+
+    /// A function was created or deleted, or its runtime changed.
+    fn functions_changed(&mut self) {
+        self.node_functions = self
+            .registry
+            .list()
+            .any(|f| f.spec.runtime == Runtime::Nodejs);
+        if self.node_functions {
+            self.refill_blanks();
+        }
     }
 
     /// DeleteFunction answers once every environment of the function has
@@ -955,6 +977,7 @@ impl Supervisor {
         }
         self.metrics.forget(&name);
         self.drop_function_events(&name);
+        self.functions_changed();
         info!("deleted function {name}");
         self.deletes.push((name.clone(), t, id));
         for env in self.env_ids_of(&name) {
@@ -1446,23 +1469,20 @@ impl Supervisor {
     /// while a nodejs function exists, ready or on their way.
     fn refill_blanks(&mut self) {
         // Cheap tests first: this runs after every invoke.
-        let node_short = self.node.is_some() && self.node_blanks.len() < self.opts.prewarm_node;
+        let node_short = self.node_functions
+            && self.node.is_some()
+            && self.node_blanks.len() < self.opts.prewarm_node;
         if (self.blanks.len() >= self.opts.prewarm && !node_short)
             || self.shutting_down
             || Instant::now() < self.blank_backoff_until
         {
             return;
         }
-        let has_node_functions = node_short
-            && self
-                .registry
-                .list()
-                .any(|f| f.spec.runtime == Runtime::Nodejs);
         for (kind, want) in [
             (BlankKind::Python, self.opts.prewarm),
             (
                 BlankKind::Node,
-                if has_node_functions {
+                if self.node_functions {
                     self.opts.prewarm_node
                 } else {
                     0
@@ -2408,12 +2428,7 @@ impl Supervisor {
         }
         // Node blanks (a started node each) are kept only while a nodejs
         // function exists.
-        if !self.node_blanks.is_empty()
-            && !self
-                .registry
-                .list()
-                .any(|f| f.spec.runtime == Runtime::Nodejs)
-        {
+        if !self.node_blanks.is_empty() && !self.node_functions {
             for id in std::mem::take(&mut self.node_blanks) {
                 self.destroy_env(id, EndReason::Reclaimed);
             }

@@ -16,7 +16,6 @@ use mio::{Token, Waker};
 use serde_json::value::RawValue;
 
 use super::{ok_json, parse, Supervisor};
-use crate::config::Runtime;
 use crate::protocol::{self, WireError};
 use crate::registry::{RegistryError, StageJob, Staged};
 
@@ -189,14 +188,8 @@ impl Supervisor {
             StagedOp::Create(req) => {
                 let f = self.registry.create_staged(&req, Some(staged))?;
                 info!("created function {}", f.spec.name);
-                let (answer, node) = (
-                    ok_json(&f.configuration()),
-                    f.spec.runtime == Runtime::Nodejs,
-                );
-                if node {
-                    // Node blanks are made while a nodejs function exists.
-                    self.refill_blanks();
-                }
+                let answer = ok_json(&f.configuration());
+                self.functions_changed();
                 Ok(answer)
             }
             StagedOp::UpdateCode(req) => {
